@@ -1,0 +1,46 @@
+"""Torch datasets over the decoded uint8 store, and their DataLoaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class ArrayDataset(Dataset):
+    """Images from an ``(N, H, W, 3)`` uint8 array with integer labels, through an albumentations transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+def create_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    transform: Callable,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """A DataLoader: shuffled (seeded) for training, in order otherwise."""
+    generator = torch.Generator().manual_seed(seed) if train else None
+    return DataLoader(
+        ArrayDataset(images, labels, transform),
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(labels) > batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )

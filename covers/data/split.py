@@ -1,0 +1,92 @@
+"""Stratified, group-aware 8:1:1 split of scanned covers, persisted as a CSV manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from covers.data.archives import Cover
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["archive", "member", "label", "split", "sha256"]
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Return a ``train``/``val``/``test`` label per item, stratified by class, groups never straddling splits.
+
+    Uses scikit-learn's :class:`StratifiedGroupKFold` with ``round(1/fraction)`` folds: one fold is the test set,
+    one the validation set (8:1:1 for the default 0.1/0.1)."""
+    n_folds = max(2, round(1.0 / min(f for f in (val_fraction, test_fraction) if f > 0)))
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 3:
+        raise ValueError(
+            f"every class needs at least 3 images for a train/val/test split (smallest has {counts.min()})"
+        )
+    skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = np.empty(len(labels), dtype=int)
+    for k, (_, idx) in enumerate(skf.split(np.zeros(len(labels)), labels, groups)):
+        folds[idx] = k
+    n_test = round(test_fraction * n_folds)
+    n_val = round(val_fraction * n_folds)
+    split = np.full(len(labels), "train", dtype=object)
+    split[folds < n_test] = "test"
+    split[(folds >= n_test) & (folds < n_test + n_val)] = "val"
+    return split
+
+
+def build_manifest(
+    covers: list[Cover], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, groups=None
+) -> pd.DataFrame:
+    """Manifest rows (archive, member, label, split, sha256). Exact byte duplicates share a group by default."""
+    df = pd.DataFrame(
+        [{"archive": c.archive, "member": c.member, "label": c.label, "sha256": c.sha256} for c in covers]
+    )
+    df = df.sort_values(["label", "archive", "member"], kind="stable").reset_index(drop=True)
+    group_keys = df["sha256"].to_numpy() if groups is None else np.asarray(groups)
+    df["split"] = assign_splits(df["label"].to_numpy(), group_keys, val_fraction, test_fraction, seed)
+    return df[MANIFEST_COLUMNS]
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write atomically (parallel trials may race to create the same manifest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a manifest CSV."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = set(MANIFEST_COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"manifest {path} lacks columns {sorted(missing)}")
+    bad = set(df["split"]) - set(SPLITS)
+    if bad:
+        raise ValueError(f"manifest {path} has unknown split values {sorted(bad)}")
+    return df
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A short hash of the manifest's rows: identical content and split give the same key."""
+    h = hashlib.sha256()
+    for row in df[MANIFEST_COLUMNS].itertuples(index=False):
+        h.update("\x1f".join(row).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]

@@ -1,0 +1,38 @@
+"""Classification losses: cross-entropy (torch), label smoothing (torch) and focal loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss (Lin et al. 2017): ``-alpha_y (1 - p_y)^gamma log p_y``.
+
+    ``gamma=0`` and no ``alpha`` is exactly cross-entropy. ``alpha`` is an optional per-class weight."""
+
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.reduction = reduction
+        self.register_buffer("alpha", torch.tensor(list(alpha), dtype=torch.float32) if alpha else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1.0 - log_p.exp()).clamp(min=0) ** self.gamma) * log_p if self.gamma else -log_p
+        if self.alpha is not None:
+            loss = loss * self.alpha.to(loss.device)[target]
+        if self.reduction == "mean":
+            return loss.mean()
+        return loss.sum() if self.reduction == "sum" else loss
+
+
+def create_cross_entropy(label_smoothing: float = 0.0, weight: Sequence[float] | None = None) -> nn.Module:
+    """Cross-entropy with optional label smoothing and per-class weights."""
+    w = torch.tensor(list(weight), dtype=torch.float32) if weight else None
+    return nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)

@@ -1,0 +1,88 @@
+"""Hydra override strings → Optuna distributions, in the official hydra-optuna-sweeper's ``params:`` syntax.
+
+``interval(a,b)`` float/int uniform, ``int(interval(a,b))``, ``tag(log, interval(a,b))`` log scale,
+``range(a,b[,step])`` stepped (inclusive of ``b``, as in the official plugin), ``choice(...)`` or ``a,b,c``
+categorical; a plain value is a fixed parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+
+class SearchSpaceError(ValueError):
+    """A search-space entry that cannot become an Optuna distribution."""
+
+
+def distribution_from_override(override: Override) -> BaseDistribution | str:
+    """The Optuna distribution for one sweep override, or the string value of a plain override."""
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        choices = list(override.sweep_iterator(transformer=Transformer.encode))
+        return CategoricalDistribution(choices)
+    if override.is_range_sweep():
+        if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
+            return FloatDistribution(value.start, value.stop, step=value.step)
+        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
+    if override.is_interval_sweep():
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log)
+        return FloatDistribution(float(value.start), float(value.end), log=log)
+    raise SearchSpaceError(f"{override.input_line} is not supported by the Optuna sweeper")
+
+
+def parse_params(
+    params: Mapping[str, Any] | Iterable[str],
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """Split ``{key: "interval(0,1)", ...}`` (or ``["key=..."]``) into distributions and fixed values.
+
+    Raises :class:`SearchSpaceError` naming the offending parameter."""
+    lines = [f"{k}={v}" for k, v in params.items()] if isinstance(params, Mapping) else list(params)
+    parser = OverridesParser.create()
+    distributions: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for line in lines:
+        key = line.split("=", 1)[0]
+        try:
+            (override,) = parser.parse_overrides([line])
+            value = distribution_from_override(override)
+        except SearchSpaceError:
+            raise
+        except Exception as e:  # Hydra's parser and Optuna's validators raise various types
+            raise SearchSpaceError(f"search space for {key!r} is invalid ({line!r}): {e}") from e
+        name = override.get_key_element()
+        if isinstance(value, BaseDistribution):
+            distributions[name] = value
+        else:
+            fixed[name] = value
+    for name in fixed:
+        distributions.pop(name, None)
+    return distributions, fixed
+
+
+def grid_choices(distribution: BaseDistribution) -> list:
+    """The values a grid search enumerates for a discrete distribution."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        n = round((distribution.high - distribution.low) / distribution.step)
+        return [distribution.low + i * distribution.step for i in range(n + 1)]
+    raise SearchSpaceError(f"grid sampling needs discrete values (choice or range), got {distribution}")
+
+
+def format_override(name: str, value: Any) -> str:
+    """``name=value`` in Hydra override syntax (strings quoted when they need it)."""
+    if isinstance(value, str) and any(c in value for c in " ,=()[]{}'\"\\:"):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    elif value is None:
+        value = "null"
+    return f"{name}={value}"

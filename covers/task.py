@@ -1,0 +1,181 @@
+"""The Hydra task: one training run (a sweep trial or a single run) from a composed config to MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import timm
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from covers import track
+from covers.augment import create_eval_transform
+from covers.data import DataBundle, prepare_data
+from covers.data.loaders import create_loader
+from covers.optim import create_scheduler
+from covers.plots import plot_confusion_matrix, plot_learning_curves
+from covers.train import FitResult, create_runtime, fit, restore_best
+
+log = logging.getLogger(__name__)
+
+# keys left out of MLflow params: they are tags or set by the sweeper per trial
+_NOT_PARAMS = ("trial.", "hydra.")
+
+
+def resolve_input(model_name: str, image_size: int | None, mean=None, std=None) -> dict[str, Any]:
+    """Input size and normalisation: the model's pretrained config unless overridden in ``data``."""
+    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(model_name).to_dict())
+    return {
+        "image_size": int(image_size or cfg["input_size"][-1]),
+        "mean": [float(x) for x in (mean or cfg["mean"])],
+        "std": [float(x) for x in (std or cfg["std"])],
+    }
+
+
+def run_name(cfg: DictConfig) -> str:
+    """People-readable run name: ``trial-7 lr=3.2e-03 ep=4 γ=2.0 frozen=3``."""
+    parts = [f"trial-{cfg.trial.number}" if cfg.trial.number is not None else cfg.model.name]
+    parts.append(f"lr={cfg.optim.lr:.1e}")
+    parts.append(f"ep={cfg.trainer.epochs}")
+    if "gamma" in cfg.loss:
+        parts.append(f"γ={cfg.loss.gamma:.2g}")
+    parts.append(f"frozen={cfg.freeze.n_frozen}")
+    return " ".join(parts)
+
+
+def load_data(cfg: DictConfig) -> tuple[DataBundle, dict[str, Any]]:
+    """Manifest and decoded images at the model's input size."""
+    d = cfg.data
+    inp = resolve_input(cfg.model.name, d.image_size, d.get("mean"), d.get("std"))
+    bundle = prepare_data(
+        name=d.name,
+        image_size=inp["image_size"],
+        cache_dir=cfg.paths.cache_dir,
+        source=d.source,
+        manifest=d.manifest,
+        split_seed=d.split_seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        demo=OmegaConf.to_container(d.demo) if d.get("demo") else None,
+    )
+    return bundle, inp
+
+
+def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> None:
+    """Params (flattened resolved config + data facts) and the resolved config/overrides as artifacts."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = {k: v for k, v in track.flatten(resolved).items() if not k.startswith(_NOT_PARAMS)}
+    counts = bundle.counts()
+    params.update(
+        {
+            "data.manifest_hash": bundle.manifest_hash,
+            "data.num_classes": len(bundle.classes),
+            "data.classes": bundle.classes,
+            "data.resolved_image_size": inp["image_size"],
+            **{f"data.n_{k}": v for k, v in counts.items()},
+        }
+    )
+    track.log_params(params)
+    files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)}
+    output_dir = Path(cfg.paths.output_dir)
+    for name in ("overrides.yaml", "hydra.yaml"):
+        if (output_dir / ".hydra" / name).exists():
+            files[name] = (output_dir / ".hydra" / name).read_text()
+    track.log_dict_artifacts(files, "config")
+    mlflow.log_artifact(str(bundle.manifest_path), "data")
+
+
+def log_results(cfg: DictConfig, result: FitResult, model: torch.nn.Module, bundle: DataBundle, inp: dict) -> None:
+    """Final metrics, plots and the best-epoch model (state dict + metadata for ``promote``)."""
+    mlflow.log_metrics(
+        {
+            "best_val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch + 1,
+            "epochs_completed": len(result.history),
+        }
+    )
+    mlflow.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
+    if result.best_val_pred is not None:
+        fig = plot_confusion_matrix(
+            result.val_target,
+            result.best_val_pred,
+            bundle.classes,
+            f"validation, best epoch {result.best_epoch + 1}",
+        )
+        mlflow.log_figure(fig, "plots/val_confusion_matrix.png")
+    if cfg.tracking.log_model and result.best_state is not None:
+        meta = {
+            "model_name": cfg.model.name,
+            "classes": bundle.classes,
+            "num_classes": len(bundle.classes),
+            **inp,
+            "best_epoch": result.best_epoch + 1,
+            "best_val_acc": result.best_val_acc,
+            "manifest_hash": bundle.manifest_hash,
+            "manifest_file": f"data/{bundle.manifest_path.name}",
+        }
+        with track.artifact_dir("model") as tmp:
+            torch.save(result.best_state, tmp / "state_dict.pt")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
+    """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective)."""
+    timm.utils.random_seed(cfg.seed)
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
+    bundle, inp = load_data(cfg)
+    log.info("data: %d classes, %s, manifest %s", len(bundle.classes), bundle.counts(), bundle.manifest_path)
+
+    model = instantiate(cfg.model, num_classes=len(bundle.classes))
+    instantiate(cfg.freeze)(model)
+    loss_fn = instantiate(cfg.loss)
+    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
+    eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
+    d = cfg.data
+    pin = rt.device.type == "cuda"
+    train_loader = create_loader(*bundle.split("train"), train_tf, d.batch_size, True, d.num_workers, pin, cfg.seed)
+    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, d.num_workers, pin)
+
+    optimizer = instantiate(cfg.optim.optimizer)(model, lr=cfg.optim.lr)
+    steps = cfg.trainer.epochs * len(train_loader)
+    scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, cfg.optim.lr, cfg.optim.warmup_pct)
+
+    track.setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    tags = {
+        "covers.kind": "trial" if cfg.trial.number is not None else "single",
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+    }
+    if cfg.trial.number is not None:
+        tags.update({"study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
+    with track.start_run(run_name(cfg), cfg.trial.parent_run_id, tags) as run:
+        log_run_record(cfg, bundle, inp)
+
+        def epoch_end(epoch: int, metrics: dict) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+
+        result = fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, cfg.trainer.epochs, rt, epoch_end)
+        restore_best(model, result)
+        log_results(cfg, result, model, bundle, inp)
+        run_id = run.info.run_id
+    best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
+    return {
+        "best_val_acc": best,
+        "run_id": run_id,
+        "history": result.history,
+        "val_loss_at_best": result.history[result.best_epoch]["val_loss"] if result.history else np.nan,
+    }

@@ -1,0 +1,108 @@
+"""MLflow tracking: store set-up, run life cycle (FAILED/KILLED with traceback), params, metrics, artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LEN = 6000
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new)."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db.resolve()}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        location = None
+        if artifact_root:
+            root = Path(artifact_root)
+            location = root.resolve().as_uri() if "://" not in artifact_root else artifact_root
+        try:
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel trial
+            exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists are kept as values."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params (values stringified, over-long values truncated with a marker)."""
+    clean = {}
+    for k, v in params.items():
+        s = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+        clean[k[:250]] = s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
+    mlflow.log_params(clean)
+
+
+def log_dict_artifacts(files: Mapping[str, str | bytes], artifact_path: str) -> None:
+    """Log ``{name: content}`` as files under ``artifact_path``."""
+    with artifact_dir(artifact_path) as tmp:
+        for name, content in files.items():
+            p = tmp / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+
+@contextmanager
+def start_run(
+    run_name: str, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED, FAILED (traceback logged as ``error/traceback.txt``) or KILLED."""
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags or {}))
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    except BaseException as e:
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
+        except Exception:  # never hide the original error
+            log.exception("could not log the failure to MLflow")
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+@contextmanager
+def artifact_dir(artifact_path: str) -> Iterator[Path]:
+    """A temporary folder whose contents are logged under ``artifact_path`` when the block ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+        mlflow.log_artifacts(tmp, artifact_path)

@@ -1,0 +1,179 @@
+"""The training loop: ``train_one_epoch`` and ``evaluate`` return metric dicts; ``fit`` keeps the best epoch."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run cannot continue meaningfully."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def create_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
+    """CUDA with AMP (bf16, else fp16) and channels_last when available; fp32 on CPU by default."""
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return Runtime(dev, amp, dev.type == "cuda" if channels_last is None else channels_last)
+
+
+def _to(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    x = x.to(rt.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    rt: Runtime,
+    scaler: torch.amp.GradScaler | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    lr = optimizer.param_groups[0]["lr"]
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+        x, y = _to(x, rt), y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} images (lr={lr:.3g})")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "lr": lr}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets for every batch of ``loader``, in order."""
+    model.eval()
+    logits, targets = [], []
+    for x, y in loader:
+        with rt.autocast():
+            logits.append(model(_to(x, rt)).float().cpu())
+        targets.append(y)
+    return torch.cat(logits).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, rt: Runtime) -> dict:
+    """``{"loss", "acc", "pred", "target"}`` on ``loader`` with the model in eval mode."""
+    logits, target = predict(model, loader, rt)
+    loss = loss_fn.to("cpu")(torch.from_numpy(logits), torch.from_numpy(target)).item()
+    loss_fn.to(rt.device)
+    pred = logits.argmax(1)
+    return {"loss": loss, "acc": float((pred == target).mean()), "pred": pred, "target": target}
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and the best epoch (highest val accuracy, earliest on ties)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = -math.inf
+    best_state: dict | None = None
+    best_val_pred: np.ndarray | None = None
+    val_target: np.ndarray | None = None
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    epochs: int,
+    rt: Runtime,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``.
+
+    ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``lr``. A callback may raise
+    to stop early (pruning); the best-epoch weights are kept on the CPU."""
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn.to(rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    result = FitResult()
+    for epoch in range(epochs):
+        tr = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}"
+        )
+        va = evaluate(model, val_loader, loss_fn, rt)
+        metrics = {
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": va["loss"],
+            "val_acc": va["acc"],
+            "lr": tr["lr"],
+        }
+        result.history.append(metrics)
+        log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if va["acc"] > result.best_val_acc:
+            result.best_epoch, result.best_val_acc = epoch, va["acc"]
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.best_val_pred, result.val_target = va["pred"], va["target"]
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return result
+
+
+def restore_best(model: nn.Module, result: FitResult) -> nn.Module:
+    """Load the best epoch's weights back into ``model``."""
+    if result.best_state is not None:
+        model.load_state_dict(copy.deepcopy(result.best_state))
+    return model
