@@ -125,25 +125,18 @@ def create_model(
             return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
         except OSError as e:
             raise WeightsUnavailableError(_offline_advice(name)) from e
+    if weights == "file":
+        # built with the target head: a checkpoint with the same classes keeps its head, an ImageNet one does not
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+        if not checkpoint:
+            raise WeightsUnavailableError("model.weights=file needs model.checkpoint=/path/to/state_dict.pth")
+        _load_matching(model, load_checkpoint(checkpoint), str(checkpoint))
+        return model
     model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
     if weights == "package":
         path = package_weights_path(name)
         source = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(map_state_dict_in_order(model, source))
         log.info("loaded ImageNet weights for %s from %s", name, path)
-    elif weights == "file":
-        if not checkpoint:
-            raise WeightsUnavailableError("model.weights=file needs model.checkpoint=/path/to/state_dict.pth")
-        _load_matching(model, load_checkpoint(checkpoint), str(checkpoint))
     model.reset_classifier(num_classes)
     return model
-
-
-def resolve_input(model: nn.Module, image_size: int | None = None, mean=None, std=None) -> dict:
-    """Input size and normalisation from the model's pretrained config, unless overridden."""
-    cfg = timm.data.resolve_data_config(model=model)
-    return {
-        "image_size": int(image_size or cfg["input_size"][-1]),
-        "mean": tuple(float(x) for x in (mean or cfg["mean"])),
-        "std": tuple(float(x) for x in (std or cfg["std"])),
-    }

@@ -19,17 +19,18 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+def resolve_sqlite_uri(uri: str | None) -> str | None:
+    """``sqlite:///relative.db`` → an absolute ``sqlite:////…`` URL whose folder exists; other URLs unchanged."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///")).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new)."""
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{db.resolve()}"
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(resolve_sqlite_uri(uri))
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         exp_id = exp.experiment_id

@@ -7,7 +7,6 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,19 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
+from covers.track import resolve_sqlite_uri
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def resolve_storage(storage: str | None) -> str | None:
-    """Make a relative SQLite path absolute and create its folder (trials may run in other directories)."""
-    if storage and storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        path = Path(storage.removeprefix("sqlite:///")).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
-    return storage
 
 
 def create_sampler(sampler: Any, distributions: dict) -> tuple[optuna.samplers.BaseSampler | None, int | None]:
@@ -66,7 +57,7 @@ class OptunaSweeperImpl(Sweeper):
     ) -> None:
         self.sampler = sampler
         self.direction = direction
-        self.storage = resolve_storage(storage)
+        self.storage = resolve_sqlite_uri(storage)
         self.study_name = study_name
         self.n_trials = int(n_trials)
         self.n_jobs = max(1, int(n_jobs))

@@ -1,0 +1,79 @@
+"""Every config group composes and its ``_target_`` instantiates; the entry point prints its config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import CONF, ROOT
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
+
+
+def test_all_documented_groups_exist():
+    for group in ("data", "model", "loss", "freeze", "aug", "optim", "trainer", "experiment", "hparams_search"):
+        assert GROUPS.get(group), f"conf/{group}/ is missing or empty"
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_group_option_composes(make_cfg, group, option):
+    extra = ["data.source=/tmp"] if (group, option) == ("data", "archives") else []
+    cfg = make_cfg(f"{group}={option}", *extra)
+    assert cfg.model.name and cfg.trainer.epochs > 0
+
+
+@pytest.mark.parametrize("option", GROUPS["loss"])
+def test_losses_instantiate(make_cfg, option):
+    loss = instantiate(make_cfg(f"loss={option}").loss)
+    value = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("option", GROUPS["aug"])
+def test_aug_instantiates(make_cfg, option):
+    import numpy as np
+
+    tf = instantiate(make_cfg(f"aug={option}").aug)(32, (0.5,) * 3, (0.5,) * 3)
+    assert tf(image=np.zeros((32, 32, 3), np.uint8))["image"].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("option", GROUPS["optim"])
+def test_optim_and_freeze_instantiate(make_cfg, option):
+    cfg = make_cfg(f"optim={option}", "model.weights=none", "model.name=resnet18", "freeze.n_frozen=2")
+    model = instantiate(cfg.model, num_classes=3)
+    frozen = instantiate(cfg.freeze)(model)
+    assert frozen
+    opt = instantiate(cfg.optim.optimizer)(model, lr=cfg.optim.lr)
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_seed_best_is_the_original_study():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=seed_best"])
+    assert cfg.model.name == "resnet50" and cfg.model.weights == "hub"
+    assert cfg.trainer.epochs == 20 and cfg.optim.lr == 0.01
+    assert cfg.loss._target_.endswith("FocalLoss") and cfg.loss.gamma == 2.0
+    assert cfg.freeze.n_frozen == 3 and cfg.aug.hflip > 0
+
+
+def test_run_cfg_job_prints_config():
+    out = subprocess.run(
+        [sys.executable, "experiments/run.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "optimized_metric: best_val_acc" in out.stdout and "tf_efficientnet_lite0" in out.stdout
+
+
+def test_sweeper_plugin_is_discovered():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]
+    assert "CoversOptunaSweeper" in names

@@ -1,0 +1,125 @@
+"""Ingest of real genre archives, bad members, the split manifest and the decode-once store."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covers.data import build_manifest, prepare_data, read_manifest, scan_source, write_manifest
+from covers.data.demo import GENRES, ensure_demo
+
+
+def test_album_covers_ingest(album_covers):
+    scan = scan_source(album_covers)
+    assert len(scan.covers) == 151 and not scan.rejected
+    assert len(scan.classes) == 10 and "Christian_&_Gospel" in scan.classes and "Hip-Hop" in scan.classes
+    gray = [c for c in scan.covers if c.mode == "L"]
+    assert gray, "the real data has grayscale covers"
+
+
+def test_grayscale_covers_come_out_rgb(album_covers, cache_dir):
+    bundle = prepare_data("archives", 32, cache_dir, source=str(album_covers))
+    assert bundle.images.shape == (151, 32, 32, 3) and bundle.images.dtype == np.uint8
+    scan = scan_source(album_covers)
+    gray = {(c.archive, c.member) for c in scan.covers if c.mode == "L"}
+    idx = [i for i, r in enumerate(bundle.manifest.itertuples()) if (r.archive, r.member) in gray]
+    # a converted grayscale cover has three identical channels
+    for i in idx:
+        img = bundle.images[i].astype(int)
+        assert np.abs(img[..., 0] - img[..., 1]).max() <= 1
+
+
+def _split_counts(df):
+    return df.groupby(["label", "split"]).size().unstack(fill_value=0)
+
+
+def test_split_is_stratified_811_and_seeded(album_covers):
+    covers = scan_source(album_covers).covers
+    a, b, c = (build_manifest(covers, seed=s) for s in (0, 0, 1))
+    n = len(a)
+    counts = a["split"].value_counts()
+    assert abs(counts["train"] - 0.8 * n) <= 3
+    assert abs(counts["val"] - 0.1 * n) <= 2 and abs(counts["test"] - 0.1 * n) <= 2
+    per_class = _split_counts(a)
+    assert (per_class["train"] >= 10).all() and (per_class["val"] >= 1).all() and (per_class["test"] >= 1).all()
+    assert a.equals(b), "same seed, same split"
+    assert not a["split"].equals(c["split"]), "another seed, another split"
+    # exact duplicates (same sha256) never straddle splits
+    assert (a.groupby("sha256")["split"].nunique() == 1).all()
+
+
+def test_manifest_roundtrip(album_covers, tmp_path):
+    df = build_manifest(scan_source(album_covers).covers)
+    path = write_manifest(df, tmp_path / "m" / "manifest.csv")
+    back = read_manifest(path)
+    assert list(back.columns) == ["archive", "member", "label", "split", "sha256"] and back.equals(df)
+
+
+def _png(color=(255, 0, 0), mode="RGB", size=(40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_members_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
+    good = _png()
+    with zipfile.ZipFile(tmp_path / "Rock.zip", "w") as zf:
+        for i in range(3):
+            zf.writestr(f"Rock/good{i}.png", good)
+        zf.writestr("Rock/gray.PNG", _png(128, "L"))
+        zf.writestr("Rock/rgba.png", _png((0, 0, 255, 0), "RGBA"))
+        zf.writestr("Rock/truncated.png", good[: len(good) // 2])
+        zf.writestr("Rock/notes.txt", b"hello")
+        zf.writestr("Rock/fake.png", b"not an image at all")
+        zf.writestr("Rock/empty.png", b"")
+        zf.writestr("__MACOSX/Rock/._good0.png", b"junk")
+    (tmp_path / "Jazz.zip").write_bytes(b"this is not a zip")
+    (tmp_path / "readme.txt").write_text("hi")
+    scan = scan_source(tmp_path)
+    kept = sorted(c.member for c in scan.covers)
+    assert kept == ["Rock/good0.png", "Rock/good1.png", "Rock/good2.png", "Rock/gray.PNG", "Rock/rgba.png"]
+    reasons = {(r.member or r.archive): r.reason for r in scan.rejected}
+    assert reasons["Rock/truncated.png"] == "corrupt"
+    assert reasons["Rock/notes.txt"] == "not_image" and reasons["Rock/fake.png"] == "not_image"
+    assert reasons["Rock/empty.png"] == "empty" and reasons["__MACOSX/Rock/._good0.png"] == "junk"
+    assert reasons["Jazz.zip"] == "broken_archive" and reasons["readme.txt"] == "not_archive"
+
+
+def test_folder_per_class_source(tmp_path):
+    for cls in ("A", "B"):
+        (tmp_path / cls / "nested").mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / cls / "nested" / f"{i}.png").write_bytes(_png((i * 40, 0, 0)))
+    scan = scan_source(tmp_path)
+    assert scan.classes == ["A", "B"] and len(scan.covers) == 6
+
+
+def test_demo_data_is_generated_deterministically(tmp_path):
+    a = ensure_demo(tmp_path / "a", per_class=6, size=48)
+    b = ensure_demo(tmp_path / "b", per_class=6, size=48)
+    for genre in GENRES:
+        assert (a / f"{genre}.zip").read_bytes() == (b / f"{genre}.zip").read_bytes()
+    scan = scan_source(a)
+    assert len(scan.covers) == 6 * len(GENRES) and scan.classes == sorted(GENRES)
+    with zipfile.ZipFile(a / "Rock.zip") as zf:
+        assert all(n.startswith("Rock/") and n.endswith(".png") for n in zf.namelist())
+
+
+def test_decode_store_is_reused(tmp_path, cache_dir):
+    src = ensure_demo(tmp_path / "demo", per_class=10, size=48)
+    first = prepare_data("demo", 32, tmp_path / "c", source=str(src))
+    files = list((tmp_path / "c" / "decoded").glob("*.npy"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    second = prepare_data("demo", 32, tmp_path / "c", source=str(src))
+    assert files[0].stat().st_mtime_ns == mtime and np.array_equal(first.images, second.images)
+    assert second.manifest_path == first.manifest_path
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        prepare_data("archives", 32, tmp_path, source=str(tmp_path / "nope"))

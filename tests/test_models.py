@@ -1,0 +1,128 @@
+"""Pretrained weights (package, file, hub offline), freezing by layer group, losses."""
+
+from __future__ import annotations
+
+import io
+import socket
+import zipfile
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from covers.augment import create_eval_transform
+from covers.freeze import freeze_groups, layer_groups
+from covers.losses import FocalLoss, create_cross_entropy
+from covers.models import WeightsUnavailableError, create_model, map_state_dict_in_order, package_weights_path
+
+# ImageNet classes for trucks and vans
+TRUCKS = {555, 569, 654, 656, 675, 717, 734, 864, 867}
+
+
+def test_package_weights_map_every_tensor():
+    model = timm.create_model("tf_efficientnet_lite0")
+    source = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True, map_location="cpu")
+    mapped = map_state_dict_in_order(model, source)
+    expected = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert list(mapped) == expected and len(expected) == 247
+    model.load_state_dict(mapped, strict=False)
+    originals = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    for (_, a), b in zip(mapped.items(), originals, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_package_weights_give_confident_imagenet_predictions(cifar_covers):
+    model = create_model("tf_efficientnet_lite0", 1000, weights="package").eval()
+    # reset_classifier re-initialised the head: put the ImageNet head back for this check
+    source = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True, map_location="cpu")
+    model.load_state_dict(map_state_dict_in_order(model, source))
+    tf = create_eval_transform(224, (0.5,) * 3, (0.5,) * 3)
+    with zipfile.ZipFile(cifar_covers / "truck.zip") as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".png"))[:8]
+        imgs = [Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((224, 224), Image.BICUBIC) for n in names]
+    x = torch.stack([tf(image=np.asarray(im))["image"] for im in imgs])
+    with torch.no_grad():
+        p = model(x).softmax(-1)
+    top1 = p.argmax(-1).tolist()
+    assert sum(t in TRUCKS for t in top1) >= 4, top1
+    assert p.max(-1).values.mean() > 0.2  # uniform would be 0.001
+
+
+def test_package_weights_for_unknown_model_is_clear():
+    with pytest.raises(WeightsUnavailableError, match="no packaged weights"):
+        create_model("resnet18", 3, weights="package")
+
+
+def test_file_weights_roundtrip(tmp_path):
+    src = create_model("resnet18", 5, weights="none")
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pth")
+    dst = create_model("resnet18", 5, weights="file", checkpoint=str(tmp_path / "w.pth"))
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        create_model("resnet18", 5, weights="file", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_hub_offline_error_says_what_to_do(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailableError, match=r"model.weights=file model.checkpoint="):
+        create_model("resnet50", 10, weights="hub")
+
+
+@pytest.mark.parametrize("k", range(5))
+def test_freeze_resnet18_groups(k):
+    model = create_model("resnet18", 4)
+    prefixes = [("conv1.", "bn1."), ("layer1.",), ("layer2.",), ("layer3.",), ("layer4.",)][:k]
+    in_frozen = lambda n: any(n.startswith(p) for ps in prefixes for p in ps)  # noqa: E731
+    n_trainable = sum(p.numel() for n, p in model.named_parameters() if not in_frozen(n))
+    freeze_groups(model, k)
+    for name, param in model.named_parameters():
+        assert param.requires_grad != in_frozen(name), name
+    # frozen BatchNorm affine terms become buffers; everything outside the frozen groups stays trainable
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_trainable
+    assert set(model.state_dict()) >= {"bn1.weight", "bn1.running_mean"}
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("fc."))
+    # BatchNorm in frozen groups keeps its statistics in training mode
+    if k:
+        model.train()
+        before = model.bn1.running_mean.clone()
+        model(torch.randn(2, 3, 32, 32))
+        assert torch.equal(before, model.bn1.running_mean)
+
+
+def test_freeze_rejects_too_many_groups():
+    model = create_model("resnet18", 4)
+    assert len(layer_groups(model)) == 5
+    with pytest.raises(ValueError, match="layer groups"):
+        freeze_groups(model, 6)
+
+
+def test_focal_equals_cross_entropy_at_gamma_zero():
+    torch.manual_seed(0)
+    logits, target = torch.randn(64, 7), torch.randint(0, 7, (64,))
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target), atol=1e-6)
+    w = [0.5, 1, 2, 1, 1, 3, 1]
+    weighted = FocalLoss(gamma=0.0, alpha=w, reduction="sum")(logits, target)
+    assert torch.allclose(weighted, F.cross_entropy(logits, target, weight=torch.tensor(w), reduction="sum"), atol=1e-5)
+
+
+def test_focal_down_weights_easy_examples():
+    target = torch.tensor([0, 0])
+    logits = torch.tensor([[6.0, 0.0, 0.0], [0.2, 0.0, 0.0]])  # one easy, one hard example
+    ce = F.cross_entropy(logits, target, reduction="none")
+    fl = FocalLoss(gamma=2.0, reduction="none")(logits, target)
+    assert (fl < ce).all()
+    assert fl[0] / ce[0] < 0.01 < fl[1] / ce[1]  # the easy example is scaled down far more
+
+
+def test_label_smoothing_loss():
+    loss = create_cross_entropy(label_smoothing=0.1)
+    logits = torch.tensor([[20.0, 0.0, 0.0]])
+    assert loss(logits, torch.tensor([0])) > F.cross_entropy(logits, torch.tensor([0])) + 0.1

@@ -1,0 +1,100 @@
+"""A real `python experiments/run.py -m` sweep in a subprocess: Optuna storage and MLflow agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+
+from covers.sweep.search_space import SearchSpaceError, parse_params
+from tests.conftest import ROOT
+
+
+def run_sweep(tmp_path, cache_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "experiments/run.py",
+        "-m",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        "trainer.device=cpu",
+        "data.image_size=32",
+        "data.demo.per_class=20",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"sweep failed:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def test_default_sweep_three_trials(tmp_path, cache_dir):
+    run_sweep(
+        tmp_path,
+        cache_dir,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.study_name=t3",
+        "trainer.epochs=range(1,2)",
+    )
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    study = optuna.load_study(study_name="t3", storage=storage)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert set(trials[0].params) == {"optim.lr", "trainer.epochs", "loss.gamma", "freeze.n_frozen"}
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("covers")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("covers.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("covers.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.run_name.startswith("sweep t3") and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    by_number = {int(r.data.tags["trial_number"]): r for r in children}
+    assert sorted(by_number) == [0, 1, 2]
+    for t in trials:
+        child = by_number[t.number]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.metrics["best_val_acc"] == pytest.approx(t.value)
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(t.params["trainer.epochs"]))
+        assert child.info.run_name.startswith(f"trial-{t.number} lr=")
+        assert child.data.params["optim.lr"] == str(t.params["optim.lr"])
+    assert "sweep/trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+
+
+def test_bad_search_space_fails_before_any_trial(tmp_path, cache_dir):
+    cmd = [sys.executable, "experiments/run.py", "-m", f"paths.root_dir={tmp_path}", "optim.nope=interval(0,1)"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert proc.returncode != 0 and "optim.nope" in proc.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+# the official hydra-optuna-sweeper's documented `params:` examples
+OFFICIAL_EXAMPLES = [
+    ("x", "range(-5.5, 5.5, step=0.5)", optuna.distributions.FloatDistribution(-5.5, 5.5, step=0.5)),
+    ("y", "choice(-5, 0, 5)", optuna.distributions.CategoricalDistribution([-5, 0, 5])),
+    ("z", "interval(-5.0, 5.0)", optuna.distributions.FloatDistribution(-5.0, 5.0)),
+    ("z", "int(interval(-5, 5))", optuna.distributions.IntDistribution(-5, 5)),
+    ("lr", "tag(log, interval(1e-5, 1e-1))", optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)),
+    ("n", "range(1, 5)", optuna.distributions.IntDistribution(1, 5)),
+    ("n", "tag(log, int(interval(1, 64)))", optuna.distributions.IntDistribution(1, 64, log=True)),
+    ("c", "a,b,c", optuna.distributions.CategoricalDistribution(["a", "b", "c"])),
+]
+
+
+@pytest.mark.parametrize(("key", "text", "expected"), OFFICIAL_EXAMPLES)
+def test_params_syntax(key, text, expected):
+    distributions, fixed = parse_params({key: text})
+    assert distributions == {key: expected} and not fixed
+
+
+def test_fixed_params_and_errors():
+    distributions, fixed = parse_params({"a": "3", "b": "interval(0, 1)"})
+    assert fixed == {"a": "3"} and set(distributions) == {"b"}
+    with pytest.raises(SearchSpaceError, match="'lr'"):
+        parse_params({"lr": "tag(log, interval(0, 1))"})

@@ -1,0 +1,60 @@
+"""Real training on real data, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+
+from covers.task import run_name, train
+
+
+def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
+    cfg = make_cfg(
+        "data=archives",
+        f"data.source={cifar_covers}",
+        "data.image_size=32",
+        "data.batch_size=64",
+        "trainer.epochs=2",
+        "optim.lr=3e-3",
+        "loss.gamma=1.0",
+        "freeze.n_frozen=1",
+    )
+    out = train(cfg)
+    assert out["best_val_acc"] > 0.3, out  # chance is 0.1
+    assert len(out["history"]) == 2
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri.replace("./", ""))
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == run_name(cfg)
+    assert run.data.metrics["best_val_acc"] == out["best_val_acc"]
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1], metric
+    assert run.data.params["optim.lr"] == "0.003" and run.data.params["data.n_train"] == "4000"
+    assert "trial.number" not in run.data.params
+    artifacts = {a.path for p in ("", "config", "plots", "model") for a in client.list_artifacts(run.info.run_id, p)}
+    assert {"config/config.yaml", "plots/learning_curves.png", "plots/val_confusion_matrix.png"} <= artifacts
+    assert {"model/state_dict.pt", "model/meta.json"} <= artifacts
+
+    # the logged model is loadable without unpickling code and reproduces the best val accuracy's weights
+    local = client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dl"))
+    meta = json.loads(Path(local, "meta.json").read_text())
+    state = torch.load(f"{local}/state_dict.pt", weights_only=True)
+    assert meta["num_classes"] == 10 and meta["image_size"] == 32 and meta["classes"][0] == "airplane"
+    assert any(k.startswith("classifier") for k in state)
+
+
+def test_failed_run_is_marked_failed_with_traceback(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=1", "data.image_size=32", "optim.lr=1e6", "loss.gamma=0.0")
+    try:
+        train(cfg)
+    except FloatingPointError:
+        pass
+    else:  # a huge lr must blow up the loss
+        raise AssertionError("expected a non-finite loss")
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("covers").experiment_id])
+    assert run.info.status == "FAILED" and "NonFiniteLossError" in run.data.tags["error"]
+    assert "error/traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id, "error")}
