@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import optuna
 import timm
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,7 +24,8 @@ from covers.data import DataBundle, prepare_data
 from covers.data.loaders import create_loader
 from covers.optim import create_scheduler
 from covers.plots import plot_confusion_matrix, plot_learning_curves
-from covers.train import FitResult, create_runtime, fit, restore_best
+from covers.sweep.link import reporter_for
+from covers.train import FitResult, create_runtime, fit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,16 @@ def resolve_input(model_name: str, image_size: int | None, mean=None, std=None) 
         "mean": [float(x) for x in (mean or cfg["mean"])],
         "std": [float(x) for x in (std or cfg["std"])],
     }
+
+
+def intra_op_threads(threads: int | None) -> int:
+    """``trainer.threads``, or the cores shared out among the sweep's parallel trials (``n_jobs``)."""
+    if threads:
+        return int(threads)
+    n_jobs = 1
+    if HydraConfig.initialized():
+        n_jobs = max(1, int(HydraConfig.get().sweeper.get("n_jobs") or 1))
+    return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -92,7 +106,7 @@ def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> 
     mlflow.log_artifact(str(bundle.manifest_path), "data")
 
 
-def log_results(cfg: DictConfig, result: FitResult, model: torch.nn.Module, bundle: DataBundle, inp: dict) -> None:
+def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dict, with_model: bool = True) -> None:
     """Final metrics, plots and the best-epoch model (state dict + metadata for ``promote``)."""
     mlflow.log_metrics(
         {
@@ -110,7 +124,7 @@ def log_results(cfg: DictConfig, result: FitResult, model: torch.nn.Module, bund
             f"validation, best epoch {result.best_epoch + 1}",
         )
         mlflow.log_figure(fig, "plots/val_confusion_matrix.png")
-    if cfg.tracking.log_model and result.best_state is not None:
+    if with_model and cfg.tracking.log_model and result.best_state is not None:
         meta = {
             "model_name": cfg.model.name,
             "classes": bundle.classes,
@@ -132,8 +146,7 @@ def log_results(cfg: DictConfig, result: FitResult, model: torch.nn.Module, bund
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective)."""
     timm.utils.random_seed(cfg.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(int(cfg.trainer.threads))
+    torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
     rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
     bundle, inp = load_data(cfg)
     log.info("data: %d classes, %s, manifest %s", len(bundle.classes), bundle.counts(), bundle.manifest_path)
@@ -160,17 +173,38 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     }
     if cfg.trial.number is not None:
         tags.update({"study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
-    with track.start_run(run_name(cfg), cfg.trial.parent_run_id, tags) as run:
+    reporter = reporter_for(cfg)
+    result = FitResult()
+    with track.start_run(run_name(cfg), cfg.trial.parent_run_id, tags, stopped=(optuna.TrialPruned,)) as run:
         log_run_record(cfg, bundle, inp)
+        if reporter is not None:
+            reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
 
         def epoch_end(epoch: int, metrics: dict) -> None:
             mlflow.log_metrics(metrics, step=epoch)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, metrics)
+            for callback in (reporter, on_epoch_end):
+                if callback is not None:
+                    callback(epoch, metrics)
 
-        result = fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, cfg.trainer.epochs, rt, epoch_end)
-        restore_best(model, result)
-        log_results(cfg, result, model, bundle, inp)
+        try:
+            fit(
+                model,
+                train_loader,
+                val_loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                cfg.trainer.epochs,
+                rt,
+                on_epoch_end=epoch_end,
+                result=result,
+            )
+        except optuna.TrialPruned:
+            mlflow.set_tag("pruned", "true")
+            mlflow.set_tag("pruned_at_epoch", len(result.history))
+            log_results(cfg, result, bundle, inp, with_model=False)
+            raise
+        log_results(cfg, result, bundle, inp)
         run_id = run.info.run_id
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {

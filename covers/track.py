@@ -79,15 +79,24 @@ def log_dict_artifacts(files: Mapping[str, str | bytes], artifact_path: str) -> 
 
 @contextmanager
 def start_run(
-    run_name: str, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    run_name: str,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    stopped: tuple[type[BaseException], ...] = (),
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends: FINISHED, FAILED (traceback logged as ``error/traceback.txt``) or KILLED."""
+    """An MLflow run that always ends: FINISHED, FAILED (traceback logged as ``error/traceback.txt``) or KILLED
+    (Ctrl-C, or one of the ``stopped`` exceptions such as a pruned trial, whose message becomes tag ``stopped``)."""
     run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags or {}))
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield run
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
+        mlflow.set_tag("stopped", "interrupted")
+        raise
+    except stopped as e:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        mlflow.set_tag("stopped", str(e) or type(e).__name__)
         raise
     except BaseException as e:
         status = RunStatus.to_string(RunStatus.FAILED)

@@ -138,17 +138,18 @@ def fit(
     epochs: int,
     rt: Runtime,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    result: FitResult | None = None,
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``.
 
     ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``lr``. A callback may raise
-    to stop early (pruning); the best-epoch weights are kept on the CPU."""
+    to stop early (pruning): pass your own ``result`` to keep what was reached. Best-epoch weights stay on the CPU."""
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn.to(rt.device)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
-    result = FitResult()
+    result = FitResult() if result is None else result
     for epoch in range(epochs):
         tr = train_one_epoch(
             model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +64,29 @@ def make_cfg(tmp_path: Path, cache_dir: Path) -> Callable[..., DictConfig]:
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+def sweep_cmd(tmp_path: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    """``python experiments/run.py -m`` with tracking, outputs and caches in ``tmp_path``, tiny images on CPU."""
+    demo = [] if any(o.startswith("data=") for o in overrides) else ["data.demo.per_class=20"]
+    return [
+        sys.executable,
+        "experiments/run.py",
+        "-m",
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        "trainer.device=cpu",
+        "data.image_size=32",
+        *demo,
+        *overrides,
+    ]
+
+
+def run_sweep(tmp_path: Path, cache_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a sweep to completion; on failure show its stderr."""
+    proc = subprocess.run(
+        sweep_cmd(tmp_path, cache_dir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"sweep failed:\n{proc.stderr[-6000:]}"
+    return proc

@@ -10,25 +10,7 @@ import optuna
 import pytest
 
 from covers.sweep.search_space import SearchSpaceError, parse_params
-from tests.conftest import ROOT
-
-
-def run_sweep(tmp_path, cache_dir, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "experiments/run.py",
-        "-m",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={cache_dir}",
-        f"hydra.sweep.dir={tmp_path}/multirun",
-        "trainer.device=cpu",
-        "data.image_size=32",
-        "data.demo.per_class=20",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"sweep failed:\n{proc.stderr[-6000:]}"
-    return proc
+from tests.conftest import ROOT, run_sweep
 
 
 def test_default_sweep_three_trials(tmp_path, cache_dir):
@@ -64,7 +46,13 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
         assert [m.step for m in history] == list(range(t.params["trainer.epochs"]))
         assert child.info.run_name.startswith(f"trial-{t.number} lr=")
         assert child.data.params["optim.lr"] == str(t.params["optim.lr"])
-    assert "sweep/trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    sweep_files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/trials.csv", "sweep/optimization_history.png", "sweep/parallel_coordinate.png"} <= sweep_files
+    best = by_number[study.best_trial.number]
+    assert best.data.tags["best_trial"] == "true" and parent.data.tags["best_trial_number"] == str(
+        study.best_trial.number
+    )
+    assert any(k.startswith("importance.") for k in parent.data.metrics)
 
 
 def test_bad_search_space_fails_before_any_trial(tmp_path, cache_dir):

@@ -1,12 +1,13 @@
-"""The Optuna sweeper's implementation: study, ask/launch/tell loop, MLflow parent run, failure budget."""
+"""The Optuna sweeper's implementation: study, ask/launch/tell loop, pruning, resume, parallel slots, failures."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import math
+import signal
 from collections.abc import Sequence
-from datetime import datetime
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import optuna
@@ -16,12 +17,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from covers.sweep import budget
 from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
-from covers.track import resolve_sqlite_uri
+from covers.sweep.storage import create_storage, normalise_storage_url
 
 log = logging.getLogger(__name__)
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def create_sampler(sampler: Any, distributions: dict) -> tuple[optuna.samplers.BaseSampler | None, int | None]:
@@ -29,39 +29,45 @@ def create_sampler(sampler: Any, distributions: dict) -> tuple[optuna.samplers.B
     from the search space. Returns ``(sampler, grid size or None)``."""
     if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
         grid = {name: grid_choices(d) for name, d in distributions.items()}
-        size = math.prod(len(v) for v in grid.values())
-        return sampler(search_space=grid), size
+        return sampler(search_space=grid), math.prod(len(v) for v in grid.values())
     if isinstance(sampler, functools.partial):
         return sampler(), None
-    if isinstance(sampler, optuna.samplers.GridSampler):
-        return sampler, None
     if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
         raise TypeError(f"hydra.sweeper.sampler must be an Optuna sampler config, got {type(sampler).__name__}")
     return sampler, None
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class OptunaSweeperImpl(Sweeper):
-    """Hydra sweeper on current Optuna: each trial is one Hydra job launched through the configured launcher."""
+    """Hydra sweeper on current Optuna: each trial is one Hydra job launched through the configured launcher.
+
+    Trials run one at a time with an in-process launcher, or ``n_jobs`` at once with a process launcher (a slot
+    is refilled as soon as its trial ends). Several sweep processes may share one study through its storage."""
 
     def __init__(
         self,
         sampler: Any = None,
+        pruner: Any = None,
         direction: str = "maximize",
         storage: str | None = None,
         study_name: str | None = None,
         n_trials: int = 10,
         n_jobs: int = 1,
         max_failure_rate: float = 0.25,
+        heartbeat_interval: int | None = 30,
+        grace_period: int | None = 120,
+        metric: str = "val_acc",
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
     ) -> None:
-        self.sampler = sampler
-        self.direction = direction
-        self.storage = resolve_sqlite_uri(storage)
-        self.study_name = study_name
-        self.n_trials = int(n_trials)
-        self.n_jobs = max(1, int(n_jobs))
+        self.sampler, self.pruner, self.direction = sampler, pruner, direction
+        self.storage_url = normalise_storage_url(storage)
+        self.study_name, self.n_trials, self.n_jobs = study_name, int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate = float(max_failure_rate)
+        self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
         self.mlflow_cfg = mlflow
         self.config: DictConfig | None = None
@@ -69,112 +75,161 @@ class OptunaSweeperImpl(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
-        self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
 
-    # -- search space --------------------------------------------------------------------------------------------
     def search_space(self, arguments: Sequence[str]) -> tuple[dict, dict]:
         """Distributions and fixed overrides from ``params:`` plus command-line sweep arguments; keys checked."""
-        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
-        distributions, fixed = parse_params(lines)
+        distributions, fixed = parse_params([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         missing = object()
         for key in distributions:
             if key[0] not in "+~" and OmegaConf.select(self.config, key, default=missing) is missing:
                 raise SearchSpaceError(f"search-space parameter {key!r} is not a key of the composed config")
         return distributions, fixed
 
-    # -- MLflow parent run ---------------------------------------------------------------------------------------
-    def _parent_run(self, study: optuna.Study, distributions: dict) -> str | None:
-        if not self.mlflow_cfg:
-            return None
-        from mlflow import MlflowClient
-
-        from covers.track import setup_tracking
-
-        exp_id = setup_tracking(self.mlflow_cfg.uri, self.mlflow_cfg.experiment, self.mlflow_cfg.get("artifact_root"))
-        client = MlflowClient()
-        existing = study.user_attrs.get("mlflow_parent_run_id")
-        if existing:
-            client.update_run(existing, status="RUNNING")
-            log.info("resuming MLflow parent run %s", existing)
-            return existing
-        name = f"sweep {study.study_name} ({datetime.now():%Y-%m-%d %H:%M})"
-        tags = {
-            "covers.kind": "sweep",
-            "study_name": study.study_name,
-            "optuna.storage": _safe_url(self.storage),
-        }
-        run = client.create_run(exp_id, run_name=name, tags=tags)
-        params = {f"search.{k}": str(v) for k, v in distributions.items()}
-        params.update(
-            {
-                "sweeper.sampler": type(study.sampler).__name__,
-                "sweeper.n_trials": str(self.n_trials),
-                "sweeper.direction": self.direction,
-                "sweeper.study_name": study.study_name,
-                "sweeper.n_jobs": str(self.n_jobs),
-            }
-        )
-        for k, v in params.items():
-            client.log_param(run.info.run_id, k[:250], v[:6000])
-        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-        return run.info.run_id
-
-    def _summarise(self, study: optuna.Study, parent_run_id: str | None, status: str) -> None:
-        if parent_run_id is None:
-            return
-        from covers.sweep.summary import log_sweep_summary
-
-        log_sweep_summary(study, parent_run_id, status)
-
-    # -- the loop ------------------------------------------------------------------------------------------------
-    def sweep(self, arguments: list[str]) -> None:
-        assert self.config is not None and self.launcher is not None
-        distributions, fixed = self.search_space(arguments)
+    # -- set-up --------------------------------------------------------------------------------------------------
+    def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
-        n_trials = min(self.n_trials, grid_size) if grid_size else self.n_trials
+        storage = create_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=self.storage,
+            storage=storage,
             sampler=sampler,
+            pruner=self.pruner,
             direction=self.direction,
             load_if_exists=True,
         )
+        n_trials = min(self.n_trials, grid_size) if grid_size else self.n_trials
+        done = len(budget.counted(study.get_trials(deepcopy=False)))
         log.info(
-            "study %s (storage %s, sampler %s): %d trials, search space %s",
+            "study %s (storage %s, sampler %s, pruner %s): %d of %d trials exist; search space %s",
             study.study_name,
-            _safe_url(self.storage),
+            _safe_url(self.storage_url),
             type(study.sampler).__name__,
+            type(study.pruner).__name__,
+            done,
             n_trials,
             distributions,
         )
-        parent_run_id = self._parent_run(study, distributions)
+        return study, n_trials
+
+    def _parent_run(self, study: optuna.Study, distributions: dict, n_trials: int) -> str | None:
+        if not self.mlflow_cfg:
+            return None
+        from covers.sweep.summary import open_parent_run
+
+        settings = {
+            "sampler": type(study.sampler).__name__,
+            "pruner": type(study.pruner).__name__,
+            "n_trials": n_trials,
+            "n_jobs": self.n_jobs,
+            "direction": self.direction,
+            "study_name": study.study_name,
+            "storage": _safe_url(self.storage_url),
+        }
+        return open_parent_run(study, self.mlflow_cfg, distributions, settings)
+
+    # -- the sweep -----------------------------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        distributions, fixed = self.search_space(arguments)
+        study, n_trials = self._study(distributions)
+        parent = self._parent_run(study, distributions, n_trials)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         status = "FINISHED"
         try:
-            self._loop(study, distributions, fixed, n_trials, parent_run_id)
-        except BaseException:
+            self._run(study, distributions, [format_override(k, v) for k, v in fixed.items()], n_trials, parent)
+        except KeyboardInterrupt:
             status = "KILLED"
+            log.warning("sweep interrupted; rerun with hydra.sweeper.study_name=%s to resume", study.study_name)
+            raise
+        except BaseException:
+            status = "FAILED"
             raise
         finally:
-            self._summarise(study, parent_run_id, status)
+            signal.signal(signal.SIGTERM, previous)
+            if parent:
+                from covers.sweep.summary import log_sweep_summary
 
-    def _loop(self, study: optuna.Study, distributions: dict, fixed: dict, n_trials: int, parent: str | None) -> None:
-        fixed_overrides = [format_override(k, v) for k, v in fixed.items()]
-        while True:
-            trials = study.get_trials(deepcopy=False)
-            done = sum(t.state in FINISHED for t in trials)
-            failed = sum(t.state == TrialState.FAIL for t in trials)
-            if failed > self.max_failure_rate * n_trials:
-                raise RuntimeError(f"{failed} of {n_trials} trials failed (max_failure_rate={self.max_failure_rate})")
-            if done >= n_trials:
-                break
-            batch = [study.ask(fixed_distributions=distributions) for _ in range(min(self.n_jobs, n_trials - done))]
-            overrides = [self._overrides(study, t, fixed_overrides, parent) for t in batch]
-            returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-            for trial, ret in zip(batch, returns, strict=True):
-                self._tell(study, trial, ret)
+                log_sweep_summary(study, parent, final_status=status, plots=True)
+
+    def _run(self, study: optuna.Study, distributions: dict, fixed: list[str], n_trials: int, parent: str | None):
+        parallel = self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher"
+        if self.n_jobs > 1 and not parallel:
+            log.warning(
+                "n_jobs=%d needs a process launcher (e.g. hydra/launcher=joblib); running one at a time", self.n_jobs
+            )
+        slots = self.n_jobs if parallel else 1
+        storage = study._storage  # the storage object Optuna wraps (public API has no accessor)
+        in_flight: dict[Future, optuna.Trial] = {}
+        running: dict[int, optuna.Trial] = {}  # every trial asked for and not yet told, by number
+        with budget.Heartbeat(storage, self.heartbeat_interval) as beat, ThreadPoolExecutor(slots) as pool:
+            try:
+                while True:
+                    if getattr(storage, "heartbeat_interval", None):
+                        optuna.storages.fail_stale_trials(study)
+                    stop = self._failures_exceeded(study, n_trials)
+                    while not stop and len(running) < slots:
+                        trial = self._ask(study, distributions, n_trials)
+                        if trial is None:
+                            break
+                        running[trial.number] = trial
+                        beat.add(trial._trial_id)
+                        overrides = self._overrides(study, trial, fixed, parent)
+                        if parallel:
+                            in_flight[pool.submit(self._launch, overrides, trial.number)] = trial
+                        else:
+                            self._finish(
+                                study, running.pop(trial.number), beat, parent, self._launch(overrides, trial.number)
+                            )
+                    if not in_flight:
+                        if stop:
+                            raise RuntimeError(f"too many failed trials (max_failure_rate={self.max_failure_rate})")
+                        if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
+                            break
+                        continue
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        trial = in_flight.pop(fut)
+                        self._finish(study, running.pop(trial.number), beat, parent, fut.result())
+            except KeyboardInterrupt:
+                for trial in running.values():
+                    self._interrupt(study, trial)
+                raise
+
+    def _ask(self, study: optuna.Study, distributions: dict, n_trials: int) -> optuna.Trial | None:
+        """The next trial to run (a waiting retry first), or None when the study's budget is spent."""
+        if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
+            return None
+        trial = study.ask(fixed_distributions=distributions)
+        ranks = sorted(t.number for t in budget.counted(study.get_trials(deepcopy=False)))
+        if trial.number not in ranks[:n_trials]:  # another worker took the last slot at the same moment
+            trial.set_user_attr(budget.OVER_BUDGET, True)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        return trial
+
+    def _launch(self, overrides: list[str], number: int) -> Any:
+        return self.launcher.launch([overrides], initial_job_idx=number)[0]
+
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, beat: budget.Heartbeat, parent, ret: Any) -> None:
+        beat.remove(trial._trial_id)
+        self._tell(study, trial, ret)
+        if parent:
+            from covers.sweep.summary import log_sweep_summary
+
+            log_sweep_summary(study, parent)
+
+    def _interrupt(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        if frozen.state == TrialState.RUNNING:
+            study.tell(trial, state=TrialState.FAIL)
+            budget.retry(study, study.get_trials(deepcopy=False)[trial.number])
+
+    def _failures_exceeded(self, study: optuna.Study, n_trials: int) -> bool:
+        failed = sum(t.state == TrialState.FAIL for t in budget.counted(study.get_trials(deepcopy=False)))
+        return failed > self.max_failure_rate * n_trials
 
     def _overrides(self, study: optuna.Study, trial: optuna.Trial, fixed: list[str], parent: str | None) -> list[str]:
         ov = [format_override(k, v) for k, v in trial.params.items()] + fixed
@@ -186,12 +241,17 @@ class OptunaSweeperImpl(Sweeper):
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
         try:
             value = float(ret.return_value)
+        except optuna.TrialPruned as e:
+            log.info("trial %d pruned: %s", trial.number, e)
+            study.tell(trial, state=TrialState.PRUNED)
+            return
         except Exception as e:  # the job raised, or returned something that is not a number
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
             return
-        if value != value:  # NaN
-            log.warning("trial %d returned NaN; marked failed", trial.number)
+        if not math.isfinite(value):
+            log.warning("trial %d returned %s; marked failed", trial.number, value)
             study.tell(trial, state=TrialState.FAIL)
             return
         study.tell(trial, value)

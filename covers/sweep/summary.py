@@ -1,20 +1,53 @@
-"""Sweep summary on the MLflow parent run: best trial, all trials as CSV."""
+"""The sweep's MLflow parent run: search space and settings, then a summary updated as trials finish."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 from mlflow import MlflowClient
+from omegaconf import DictConfig
 from optuna.trial import TrialState
+
+from covers.sweep.budget import counted
+from covers.track import setup_tracking
 
 log = logging.getLogger(__name__)
 
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def open_parent_run(study: optuna.Study, mlflow_cfg: DictConfig, distributions: dict, settings: dict) -> str:
+    """The sweep's parent run: reused when the study already has one (resume, or another worker), else created."""
+    exp_id = setup_tracking(mlflow_cfg.uri, mlflow_cfg.experiment, mlflow_cfg.get("artifact_root"))
+    client = MlflowClient()
+    existing = study.user_attrs.get(PARENT_ATTR)
+    if existing:
+        client.update_run(existing, status="RUNNING")
+        log.info("continuing MLflow parent run %s", existing)
+        return existing
+    name = f"sweep {study.study_name} ({datetime.now():%Y-%m-%d %H:%M})"
+    run = client.create_run(exp_id, run_name=name, tags={"covers.kind": "sweep", "study_name": study.study_name})
+    run_id = run.info.run_id
+    for k, v in {
+        **{f"search.{k}": v for k, v in distributions.items()},
+        **{f"sweeper.{k}": v for k, v in settings.items()},
+    }.items():
+        client.log_param(run_id, k[:250], str(v)[:6000])
+    study.set_user_attr(PARENT_ATTR, run_id)
+    if study.user_attrs.get(PARENT_ATTR) != run_id:  # another worker created one at the same moment
+        client.delete_run(run_id)
+        return study.user_attrs[PARENT_ATTR]
+    return run_id
+
 
 def trials_table(study: optuna.Study):
-    """All trials: number, state, params, value, duration, MLflow run id."""
+    """All trials: number, state, params, value, duration, MLflow run id (user attributes)."""
     df = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     if "duration" in df:
         df["duration_s"] = df["duration"].dt.total_seconds()
@@ -22,21 +55,67 @@ def trials_table(study: optuna.Study):
     return df
 
 
-def log_sweep_summary(study: optuna.Study, parent_run_id: str, status: str = "FINISHED") -> None:
-    """Best value and params, counts per state and the trials CSV, on the parent run; then end it."""
+def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study, folder: Path) -> None:
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    plots: dict[str, Any] = {
+        "optimization_history": vis.plot_optimization_history,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+        "param_importances": vis.plot_param_importances,
+    }
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+        except Exception as e:  # e.g. too few complete trials for importances
+            log.info("sweep plot %s skipped: %s", name, e)
+    plt.close("all")
+
+
+def log_sweep_summary(
+    study: optuna.Study, parent_run_id: str, final_status: str | None = None, plots: bool = False
+) -> None:
+    """Best value/params, trial counts, ``sweep/trials.csv``, importances; plots and end status when final."""
     client = MlflowClient()
-    trials = study.get_trials(deepcopy=False)
+    trials = counted(study.get_trials(deepcopy=False))
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         client.log_metric(parent_run_id, f"trials_{state.name.lower()}", sum(t.state == state for t in trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        best = study.best_trial
-        client.log_metric(parent_run_id, "best_value", float(best.value))
-        client.set_tag(parent_run_id, "best_trial_number", str(best.number))
-        for k, v in best.params.items():
-            client.set_tag(parent_run_id, f"best.{k}", str(v))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.csv"
-        trials_table(study).to_csv(path, index=False)
-        client.log_artifact(parent_run_id, str(path), "sweep")
-    client.set_terminated(parent_run_id, status=status)
+        folder = Path(tmp)
+        trials_table(study).to_csv(folder / "trials.csv", index=False)
+        if complete:
+            _tag_best(client, parent_run_id, study)
+        if len(complete) >= 2:
+            try:
+                importances = optuna.importance.get_param_importances(study)
+                for k, v in importances.items():
+                    client.log_metric(parent_run_id, f"importance.{k}", float(v))
+            except Exception as e:
+                log.info("parameter importances skipped: %s", e)
+        if plots and complete:
+            _log_plots(client, parent_run_id, study, folder)
+        client.log_artifacts(parent_run_id, tmp, "sweep")
+    if final_status:
+        client.set_terminated(parent_run_id, status=final_status)
+
+
+def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:
+    best = study.best_trial
+    client.log_metric(parent_run_id, "best_value", float(best.value))
+    previous = client.get_run(parent_run_id).data.tags.get("best_trial_number")
+    client.set_tag(parent_run_id, "best_trial_number", str(best.number))
+    for k, v in best.params.items():
+        client.set_tag(parent_run_id, f"best.{k}", str(v))
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if previous is not None and previous != str(best.number):
+        old = by_number[int(previous)].user_attrs.get("mlflow_run_id")
+        if old:
+            client.set_tag(old, "best_trial", "false")
+    run_id = best.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client.set_tag(run_id, "best_trial", "true")

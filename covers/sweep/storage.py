@@ -1,0 +1,45 @@
+"""Optuna storages from a URL: SQLite/PostgreSQL/MySQL (RDB) or a journal file, with heartbeats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from covers.track import resolve_sqlite_uri
+
+JOURNAL_PREFIX = "journal:///"
+
+
+def normalise_storage_url(url: str | None) -> str | None:
+    """Absolute SQLite/journal paths (trials and other workers may run elsewhere); other URLs unchanged."""
+    if url and url.startswith(JOURNAL_PREFIX):
+        path = Path(url.removeprefix(JOURNAL_PREFIX)).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{JOURNAL_PREFIX}{path}"
+    return resolve_sqlite_uri(url)
+
+
+def create_storage(
+    url: str | None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    failed_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> BaseStorage | None:
+    """``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats for crash recovery) or ``journal:///file.log``."""
+    url = normalise_storage_url(url)
+    if url is None:
+        return None
+    if url.startswith(JOURNAL_PREFIX):
+        return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL_PREFIX)))
+    kwargs = {}
+    if heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "failed_trial_callback": failed_trial_callback,
+        }
+    return RDBStorage(url, **kwargs)

@@ -1,0 +1,202 @@
+"""Sweeper operations on real sweeps: pruning, failures, resume after Ctrl-C, several workers on one study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from covers.sweep.budget import counted
+from tests.conftest import ROOT, run_sweep, sweep_cmd
+
+
+def load(tmp_path: Path, name: str, storage: str | None = None):
+    study = optuna.load_study(study_name=name, storage=storage or f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("covers").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("covers.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("covers.kind") == "trial"]
+    return study, client, parents, children
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(cifar_covers, tmp_path_factory) -> Path:
+    """60 CIFAR-10 images per class, same zip-per-class layout (a CPU-sized slice of the real data)."""
+    out = tmp_path_factory.mktemp("cifar60")
+    for src in sorted(cifar_covers.glob("*.zip")):
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out / src.name, "w") as zout:
+            for name in sorted(n for n in zin.namelist() if n.endswith(".png"))[:60]:
+                zout.writestr(name, zin.read(name))
+    return out
+
+
+def test_median_pruning_on_cifar(tmp_path, cache_dir, cifar_subset):
+    run_sweep(
+        tmp_path,
+        cache_dir,
+        "data=archives",
+        f"data.source={cifar_subset}",
+        "hydra.sweeper.study_name=prune",
+        "hydra.sweeper.n_trials=6",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        "trainer.epochs=3",
+        "freeze.n_frozen=0",
+        "loss.gamma=0",
+        "optim.lr=tag(log, interval(1e-6, 3e-2))",
+    )
+    study, client, parents, children = load(tmp_path, "prune")
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    assert len(parents) == 1 and len(children) == 6
+    runs = {int(r.data.tags["trial_number"]): r for r in children}
+    for t in study.trials:
+        run = runs[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == sorted(t.intermediate_values), (t.number, steps)
+        if t.state == TrialState.PRUNED:
+            assert run.info.status == "KILLED" and run.data.tags["pruned"] == "true"
+            assert len(steps) < 3 and run.data.tags["pruned_at_epoch"] == str(len(steps))
+        else:
+            assert run.info.status == "FINISHED" and len(steps) == 3
+    assert parents[0].data.metrics["trials_pruned"] == states.count(TrialState.PRUNED)
+
+
+def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
+    run_sweep(
+        tmp_path,
+        cache_dir,
+        "hydra.sweeper.study_name=fails",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.max_failure_rate=0.6",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=1",
+        "optim.lr=choice(0.003,1e6)",
+        "loss.gamma=choice(0,1)",
+    )
+    study, client, parents, _ = load(tmp_path, "fails")
+    by_lr = {}
+    for t in study.trials:
+        by_lr.setdefault(t.params["optim.lr"], set()).add(t.state)
+    assert by_lr == {0.003: {TrialState.COMPLETE}, 1e6: {TrialState.FAIL}}
+    for t in study.trials:
+        if t.state == TrialState.FAIL:
+            assert "NonFiniteLossError" in t.user_attrs["error"]
+            run = client.get_run(t.user_attrs["mlflow_run_id"])
+            assert run.info.status == "FAILED"
+            assert "error/traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id, "error")}
+    assert parents[0].info.status == "FINISHED"
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting")
+
+
+def _n_complete(db: Path, name: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:
+        return 0
+    return sum(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_interrupted_sweep_resumes(tmp_path, cache_dir):
+    cmd = sweep_cmd(
+        tmp_path,
+        cache_dir,
+        "hydra.sweeper.study_name=resume",
+        "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=range(2,3)",
+    )
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _n_complete(tmp_path / "mlruns" / "optuna.db", "resume") >= 1, 300)
+    time.sleep(2)  # inside the next trial
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-3000:]
+    study, _, parents, _ = load(tmp_path, "resume")
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and parents[0].info.status == "KILLED"
+
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=400)
+    study, client, parents, children = load(tmp_path, "resume")
+    trials = study.trials
+    assert len(counted(trials)) == 4 and all(t.state == TrialState.COMPLETE for t in counted(trials))
+    assert len({t.number for t in trials}) == len(trials)
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number]
+    assert len(retry) == 1 and retry[0].params == interrupted[0].params
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    killed = client.get_run(interrupted[0].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED"
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_two_workers_share_one_study(tmp_path, cache_dir, storage):
+    url = f"sqlite:///{tmp_path}/shared.db" if storage == "sqlite" else f"journal:///{tmp_path}/shared.log"
+    cmd = sweep_cmd(
+        tmp_path,
+        cache_dir,
+        "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=1",
+    )
+    # the decode cache and demo data exist before both workers start
+    run_sweep(tmp_path / "warm", cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
+    env = {**os.environ}
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=500)
+        assert p.returncode == 0, err[-4000:]
+    storage_obj = (
+        url
+        if storage == "sqlite"
+        else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:///")))
+    )
+    study, _, parents, children = load(tmp_path, "shared", storage_obj)
+    trials = counted(study.trials)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    numbers = [int(r.data.tags["trial_number"]) for r in children]
+    assert sorted(numbers) == [t.number for t in trials], "each trial ran exactly once"
+    assert len(parents) == 1
+
+
+def test_parallel_trials_with_a_process_launcher(tmp_path, cache_dir):
+    run_sweep(
+        tmp_path,
+        cache_dir,
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.study_name=par",
+        "hydra/sweeper/pruner=none",
+        "trainer.epochs=1",
+    )
+    study, _, parents, children = load(tmp_path, "par")
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len(children) == 3 and len(parents) == 1
+    first, second = trials[0], trials[1]
+    assert second.datetime_start < first.datetime_complete, "two trials were in flight at once"
