@@ -8,10 +8,10 @@ colour thumbnails correlate at least ``similarity`` (the hash alone confuses fla
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
 import pandas as pd
 import scipy.fft
@@ -80,12 +80,20 @@ def _pair_frame(i: np.ndarray, j: np.ndarray, d: np.ndarray, thumbs: np.ndarray)
     return df.drop_duplicates(["i", "j"]).sort_values(["distance", "similarity", "i", "j"], ascending=[1, 0, 1, 1])
 
 
+def _binary_index(codes: np.ndarray):
+    """A faiss exact Hamming-distance index over packed 64-bit hashes."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU variant it tries, at INFO
+    import faiss
+
+    index = faiss.IndexBinaryFlat(HASH_BITS)
+    index.add(codes)
+    return index
+
+
 def candidate_pairs(measures: list[dict[str, Any]], max_distance: int) -> pd.DataFrame:
     """Every pair (i < j) whose perceptual hashes are at most ``max_distance`` bits apart (faiss range search)."""
     codes, thumbs = _stack(measures)
-    index = faiss.IndexBinaryFlat(HASH_BITS)
-    index.add(codes)
-    lims, dist, idx = index.range_search(codes, max_distance + 1)  # faiss keeps distances < radius
+    lims, dist, idx = _binary_index(codes).range_search(codes, max_distance + 1)  # faiss keeps distances < radius
     rows = np.repeat(np.arange(len(codes)), np.diff(lims.astype(np.int64)))
     return _pair_frame(rows, idx.astype(int), dist, thumbs).reset_index(drop=True)
 
@@ -93,9 +101,7 @@ def candidate_pairs(measures: list[dict[str, Any]], max_distance: int) -> pd.Dat
 def closest_pairs(measures: list[dict[str, Any]], n: int = 20, k: int = 4) -> pd.DataFrame:
     """The ``n`` closest pairs by perceptual hash (each cover's ``k`` nearest neighbours), to tune thresholds."""
     codes, thumbs = _stack(measures)
-    index = faiss.IndexBinaryFlat(HASH_BITS)
-    index.add(codes)
-    dist, idx = index.search(codes, min(k + 1, len(codes)))
+    dist, idx = _binary_index(codes).search(codes, min(k + 1, len(codes)))
     rows = np.repeat(np.arange(len(codes)), dist.shape[1])
     i, j = np.minimum(rows, idx.ravel()), np.maximum(rows, idx.ravel())
     pairs = _pair_frame(i, j, dist.ravel(), thumbs)
