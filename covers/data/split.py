@@ -37,6 +37,12 @@ def assign_splits(
         raise ValueError(
             f"every class needs at least 3 images for a train/val/test split (smallest has {counts.min()})"
         )
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds or counts.max() < n_folds:
+        raise ValueError(
+            f"too few images for a {n_folds}-fold split: {n_groups} groups, largest class {counts.max()} images "
+            f"(StratifiedGroupKFold needs at least {n_folds} of each)"
+        )
     skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.empty(len(labels), dtype=int)
     for k, (_, idx) in enumerate(skf.split(np.zeros(len(labels)), labels, groups)):
