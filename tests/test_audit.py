@@ -207,6 +207,11 @@ def test_audit_of_hostile_source_writes_only_into_out(tmp_path, make_cfg, monkey
     assert report["members_total"] == report["kept"] + len(report["rejected"])
     assert json.loads((out / "report.json").read_text())["leakage"] == 0
     assert len(read_manifest(out / "manifest.csv")) == 30
+    run = mlflow.get_run(report["mlflow_run_id"])
+    assert mlflow.get_experiment(run.info.experiment_id).name == "audit"
+    assert run.data.metrics["kept"] == 30 and run.data.metrics["rejected_unsafe_path"] == 2
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"report.json", "report.md", "manifest.csv", "samples.png"} <= logged
 
 
 @pytest.fixture(scope="module")

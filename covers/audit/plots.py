@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 
-def plot_class_balance(counts: pd.DataFrame) -> plt.Figure:
-    """Kept and rejected members per class (``counts``: index class, columns kept/rejected…)."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(counts) + 2), 4))
-    counts.plot.bar(stacked=True, ax=ax, rot=45)
-    ax.set_ylabel("members")
-    ax.set_title("class balance")
+def plot_stacked_bars(table: pd.DataFrame, ylabel: str, title: str) -> plt.Figure:
+    """A stacked bar per row of ``table`` (e.g. per class: kept and each rejection reason, or colour modes)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4))
+    table.plot.bar(stacked=True, ax=ax, rot=45)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -34,17 +34,6 @@ def plot_by_class(df: pd.DataFrame, features: Sequence[str], title: str) -> plt.
     for ax in axes.ravel()[len(features) :]:
         ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_modes(df: pd.DataFrame) -> plt.Figure:
-    """Colour modes (as stored, before conversion to RGB) per class."""
-    table = pd.crosstab(df["label"], df["mode"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4))
-    table.plot.bar(stacked=True, ax=ax, rot=45)
-    ax.set_ylabel("covers")
-    ax.set_title("colour mode per class")
     fig.tight_layout()
     return fig
 

@@ -110,7 +110,10 @@ def save_plots(
     }
     nearest = closest_pairs(clean.scan.measures, n=len(table), k=1)
     figures = {
-        "Class balance": ("class_balance.png", plots.plot_class_balance(balance)),
+        "Class balance": (
+            "class_balance.png",
+            plots.plot_stacked_bars(balance, "members", "class balance: kept and rejected"),
+        ),
         "Size and file size by genre": (
             "geometry.png",
             plots.plot_by_class(kept, FEATURES[:4], "geometry and file size (kept covers)"),
@@ -119,7 +122,10 @@ def save_plots(
             "colour_stats.png",
             plots.plot_by_class(kept, FEATURES[4:], "brightness, contrast, saturation, colourfulness"),
         ),
-        "Colour modes by genre": ("modes.png", plots.plot_modes(kept)),
+        "Colour modes by genre": (
+            "modes.png",
+            plots.plot_stacked_bars(pd.crosstab(kept["label"], kept["mode"]), "covers", "colour mode (as stored)"),
+        ),
         "Colour histograms by genre": ("colour_histograms.png", plots.plot_colour_histograms(report["colour"])),
         "Sample covers per genre": ("samples.png", plots.plot_image_grid(grid)),
         "Nearest neighbours": (
