@@ -78,6 +78,9 @@ def load_data(cfg: DictConfig) -> tuple[DataBundle, dict[str, Any]]:
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         demo=OmegaConf.to_container(d.demo) if d.get("demo") else None,
+        # the default split is cleaned like the audit's (same ingest limits and duplicate rules)
+        limits=instantiate(cfg.audit.limits) if "audit" in cfg else None,
+        rules=instantiate(cfg.audit.duplicates) if "audit" in cfg else None,
     )
     return bundle, inp
 

@@ -32,7 +32,8 @@ def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
     assert run.data.metrics["best_val_acc"] == out["best_val_acc"]
     for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1], metric
-    assert run.data.params["optim.lr"] == "0.003" and run.data.params["data.n_train"] == "4000"
+    # the default split is cleaned like the audit's: 5 near-duplicate CIFAR copies are dropped (4995 kept, 8:1:1)
+    assert run.data.params["optim.lr"] == "0.003" and run.data.params["data.n_train"] == "3996"
     assert "trial.number" not in run.data.params
     artifacts = {a.path for p in ("", "config", "plots", "model") for a in client.list_artifacts(run.info.run_id, p)}
     assert {"config/config.yaml", "plots/learning_curves.png", "plots/val_confusion_matrix.png"} <= artifacts

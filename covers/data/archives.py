@@ -5,19 +5,36 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from covers.data._members import IngestLimits, is_unsafe, read_folder, read_zip
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+REASONS = (
+    "not_archive",
+    "broken_archive",
+    "unsafe_path",
+    "junk",
+    "empty",
+    "not_image",
+    "corrupt",
+    "too_large",
+    "too_small",
+    "duplicate",
+    "cross_class_duplicate",
+)
+Measure = Callable[[Image.Image], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,7 @@ class Cover:
     width: int
     height: int
     mode: str
+    nbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class ScanResult:
 
     covers: list[Cover] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    measures: list[dict[str, Any]] = field(default_factory=list)  # one per cover, from ``scan_source(measure=)``
 
     @property
     def classes(self) -> list[str]:
@@ -58,25 +77,20 @@ class ScanResult:
         return Counter(r.reason for r in self.rejected)
 
 
-def is_junk(member: str) -> bool:
-    """macOS/Windows metadata that archives carry along (``__MACOSX/``, ``._x``, ``.DS_Store``)."""
-    parts = PurePosixPath(member).parts
-    return "__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] in JUNK_NAMES
-
-
-def is_unsafe(member: str) -> bool:
-    """A member path that is absolute or climbs out of the archive."""
-    p = PurePosixPath(member.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts or (len(member) > 1 and member[1] == ":")
-
-
-def decode_rgb(data: bytes) -> tuple[Image.Image, str]:
+def decode_rgb(data: bytes, max_pixels: int | None = None) -> tuple[Image.Image, str]:
     """Decode image bytes fully and return an RGB image plus the original colour mode.
 
     Transparent images are composited on white; grayscale, palette, CMYK and 16-bit images are converted.
-    Raises ``ValueError`` subclasses / Pillow errors for undecodable data.
+    An image over ``max_pixels`` (read from its header, before decoding) or over Pillow's own decompression-bomb
+    limit raises ``Image.DecompressionBombError``; undecodable data raises Pillow/``OSError``/``ValueError``.
     """
-    with Image.open(io.BytesIO(data)) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+    with im:
+        if max_pixels and im.width * im.height > max_pixels:
+            n = im.width * im.height
+            raise Image.DecompressionBombError(f"{im.width}x{im.height} = {n:,} pixels > max_pixels={max_pixels:,}")
         im.load()
         mode = im.mode
         if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in im.info):
@@ -128,41 +142,60 @@ def iter_member_bytes(source: Path, archive: str, members: list[str] | None = No
             yield name, zf.read(name)
 
 
-def _check_member(archive: str, label: str, member: str, data: bytes) -> Cover | Rejection:
-    if PurePosixPath(member).suffix.lower() not in IMAGE_SUFFIXES:
-        return Rejection(archive, member, "not_image", f"extension {PurePosixPath(member).suffix!r} is not an image")
+def check_member(
+    archive: str, label: str, member: str, data: bytes, limits: IngestLimits
+) -> tuple[Cover | Rejection, Image.Image | None]:
+    """Decode one member: a :class:`Cover` with its RGB image, or a :class:`Rejection` saying why not."""
+
+    def reject(reason: str, detail: str) -> tuple[Rejection, None]:
+        return Rejection(archive, member, reason, detail), None
+
+    suffix = PurePosixPath(member).suffix
+    if suffix.lower() not in IMAGE_SUFFIXES:
+        return reject("not_image", f"extension {suffix!r} is not an image")
     if not data:
-        return Rejection(archive, member, "empty", "zero bytes")
+        return reject("empty", "zero bytes")
     try:
-        im, mode = decode_rgb(data)
-    except Image.DecompressionBombError as e:
-        return Rejection(archive, member, "too_large", f"decompression-bomb guard: {e}")
+        im, mode = decode_rgb(data, limits.max_pixels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return reject("too_large", f"decompression-bomb guard: {e}")
     except UnidentifiedImageError:
-        return Rejection(archive, member, "not_image", "Pillow cannot identify the bytes as an image")
-    except (OSError, ValueError, SyntaxError) as e:
-        return Rejection(archive, member, "corrupt", f"decoding failed: {e}")
-    return Cover(archive, member, label, hashlib.sha256(data).hexdigest(), im.width, im.height, mode)
+        return reject("not_image", "Pillow cannot identify the bytes as an image")
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        return reject("corrupt", f"decoding failed: {e}")
+    if min(im.size) < limits.min_side:
+        return reject("too_small", f"{im.width}x{im.height} px, shorter side < min_side={limits.min_side}")
+    sha = hashlib.sha256(data).hexdigest()
+    return Cover(archive, member, label, sha, im.width, im.height, mode, len(data)), im
 
 
-def scan_source(source: str | Path) -> ScanResult:
-    """Scan every archive/folder in ``source``; undecodable members are skipped with a counted reason."""
-    source = Path(source)
-    result = ScanResult()
-    for archive, label, _ in iter_entries(source):
+def iter_source(source: Path, limits: IngestLimits) -> Iterator[tuple[Cover | Rejection, Image.Image | None]]:
+    """Every member of every archive/folder in ``source``: a cover with its decoded image, or a rejection."""
+    for archive, label, path in iter_entries(source):
         if not label:
-            result.rejected.append(Rejection(archive, "", "not_archive", "not a .zip archive or class folder"))
+            yield Rejection(archive, "", "not_archive", "not a .zip archive or class folder; skipped"), None
             continue
-        try:
-            for member, data in iter_member_bytes(source, archive):
-                if is_junk(member):
-                    result.rejected.append(Rejection(archive, member, "junk", "OS metadata file"))
-                elif is_unsafe(member):
-                    result.rejected.append(Rejection(archive, member, "unsafe_path", "absolute or '..' path"))
-                else:
-                    item = _check_member(archive, label, member, data)
-                    (result.covers if isinstance(item, Cover) else result.rejected).append(item)
-        except (zipfile.BadZipFile, OSError) as e:
-            result.rejected.append(Rejection(archive, "", "broken_archive", f"cannot read archive: {e}"))
+        reader = read_folder if path.is_dir() else read_zip
+        for read in reader(path, limits):
+            if read.reason:
+                yield Rejection(archive, read.member, read.reason, read.detail), None
+            else:
+                yield check_member(archive, label, read.member, read.data, limits)
+
+
+def scan_source(source: str | Path, limits: IngestLimits | None = None, measure: Measure | None = None) -> ScanResult:
+    """Scan every archive/folder in ``source``; unusable members are skipped with a counted reason.
+
+    ``measure(image)`` is called on every decoded cover and its dicts are kept in ``ScanResult.measures``."""
+    source = Path(source)
+    limits = limits or IngestLimits()
+    result = ScanResult()
+    for item, im in iter_source(source, limits):
+        if isinstance(item, Rejection):
+            result.rejected.append(item)
+            continue
+        result.covers.append(item)
+        result.measures.append(measure(im) if measure else {})
     if result.rejected:
         log.warning(
             "skipped %d of %d members: %s",
@@ -173,5 +206,5 @@ def scan_source(source: str | Path) -> ScanResult:
         for r in result.rejected[:20]:
             log.warning("  skipped %s:%s (%s: %s)", r.archive, r.member, r.reason, r.detail)
     if not result.covers:
-        raise ValueError(f"no usable images found in {source}")
+        raise ValueError(f"no usable images found in {source} (rejections: {dict(result.reasons())})")
     return result

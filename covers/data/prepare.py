@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from covers.data.archives import iter_entries, scan_source
+from covers.data._members import IngestLimits
+from covers.data.archives import iter_entries
 from covers.data.cache import load_image_store
+from covers.data.clean import clean_source
+from covers.data.dedup import DuplicateRules
 from covers.data.demo import ensure_demo
-from covers.data.split import SPLITS, build_manifest, content_hash, read_manifest, write_manifest
+from covers.data.split import SPLITS, content_hash, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
+
+CLEAN_VERSION = 1  # bump when cleaning changes what a manifest holds, so cached manifests are rebuilt
 
 
 @dataclass
@@ -65,6 +71,12 @@ def resolve_source(name: str, source: str | None, cache_dir: Path, demo: dict | 
     raise ValueError("data.source is required (a directory of <Genre>.zip archives or class folders)")
 
 
+def cleaning_key(limits: IngestLimits, rules: DuplicateRules) -> str:
+    """A short hash of the cleaning settings: a manifest made under other settings is not reused."""
+    settings = json.dumps({"v": CLEAN_VERSION, "limits": asdict(limits), "rules": asdict(rules)}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:8]
+
+
 def resolve_manifest(
     source: Path,
     cache_dir: Path,
@@ -72,20 +84,29 @@ def resolve_manifest(
     split_seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    limits: IngestLimits | None = None,
+    rules: DuplicateRules | None = None,
 ) -> tuple[pd.DataFrame, Path]:
-    """Load the given manifest, or the cached one for this source and split, or scan and split now."""
+    """Load the given manifest, or the cached one for this source, cleaning and split, or clean and split now.
+
+    A new manifest goes through the same cleaning as the audit (rejections, duplicates, look-alike groups)."""
     if manifest:
         path = Path(manifest)
         return read_manifest(path), path
-    key = f"{source.name}-{source_fingerprint(source)}-seed{split_seed}-v{val_fraction}-t{test_fraction}"
+    limits, rules = limits or IngestLimits(), rules or DuplicateRules()
+    key = (
+        f"{source.name}-{source_fingerprint(source)}-clean{cleaning_key(limits, rules)}"
+        f"-seed{split_seed}-v{val_fraction}-t{test_fraction}"
+    )
     path = cache_dir / "manifests" / f"{key}.csv"
     if path.exists():
         return read_manifest(path), path
-    scan = scan_source(source)
-    df = build_manifest(scan.covers, val_fraction, test_fraction, split_seed)
-    write_manifest(df, path)
-    log.info("wrote manifest %s (%s)", path, df["split"].value_counts().to_dict())
-    return df, path
+    clean = clean_source(source, limits, rules, val_fraction, test_fraction, split_seed)
+    if clean.leakage:
+        raise RuntimeError(f"{clean.leakage} duplicate groups straddle splits in the manifest of {source}")
+    write_manifest(clean.manifest, path)
+    log.info("wrote manifest %s (%s)", path, clean.manifest["split"].value_counts().to_dict())
+    return clean.manifest, path
 
 
 def prepare_data(
@@ -98,11 +119,13 @@ def prepare_data(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     demo: dict | None = None,
+    limits: IngestLimits | None = None,
+    rules: DuplicateRules | None = None,
 ) -> DataBundle:
-    """Resolve the source, its split manifest and the decoded images at ``image_size``."""
+    """Resolve the source, its (cleaned) split manifest and the decoded images at ``image_size``."""
     cache_dir = Path(cache_dir)
     src = resolve_source(name, source, cache_dir, demo)
-    df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction)
+    df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction, limits, rules)
     classes = sorted(df["label"].unique())
     labels = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     images = load_image_store(src, df, image_size, cache_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,12 @@ def assign_splits(
         raise ValueError(
             f"every class needs at least 3 images for a train/val/test split (smallest has {counts.min()})"
         )
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds or counts.max() < n_folds:
+        raise ValueError(
+            f"too few images for a {n_folds}-fold split: {n_groups} groups, largest class {counts.max()} images "
+            f"(StratifiedGroupKFold needs at least {n_folds} of each)"
+        )
     skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.empty(len(labels), dtype=int)
     for k, (_, idx) in enumerate(skf.split(np.zeros(len(labels)), labels, groups)):
@@ -49,16 +56,28 @@ def assign_splits(
 
 
 def build_manifest(
-    covers: list[Cover], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, groups=None
+    covers: list[Cover],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> pd.DataFrame:
-    """Manifest rows (archive, member, label, split, sha256). Exact byte duplicates share a group by default."""
+    """Manifest rows (archive, member, label, split, sha256); covers sharing a group share a split.
+
+    ``groups`` (one key per cover, in ``covers`` order) defaults to the sha256, so exact byte copies stay together."""
     df = pd.DataFrame(
         [{"archive": c.archive, "member": c.member, "label": c.label, "sha256": c.sha256} for c in covers]
     )
+    df["group"] = df["sha256"] if groups is None else list(groups)
     df = df.sort_values(["label", "archive", "member"], kind="stable").reset_index(drop=True)
-    group_keys = df["sha256"].to_numpy() if groups is None else np.asarray(groups)
-    df["split"] = assign_splits(df["label"].to_numpy(), group_keys, val_fraction, test_fraction, seed)
+    df["split"] = assign_splits(df["label"].to_numpy(), df["group"].to_numpy(), val_fraction, test_fraction, seed)
     return df[MANIFEST_COLUMNS]
+
+
+def count_leakage(manifest: pd.DataFrame, group_of: Mapping[tuple[str, str], Hashable]) -> int:
+    """Number of groups (``group_of[(archive, member)]``) whose rows fall into more than one split; 0 is safe."""
+    keys = [group_of[(a, m)] for a, m in zip(manifest["archive"], manifest["member"], strict=True)]
+    return int((manifest.assign(_group=keys).groupby("_group")["split"].nunique() > 1).sum())
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
