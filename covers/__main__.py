@@ -22,6 +22,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHUNK = 256
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``predict`` and ``similar`` sub-commands."""
     parser = argparse.ArgumentParser(prog="python -m covers", description=__doc__)
@@ -36,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", parents=[common], help="top-k genres of image files, folders and genre zips")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3, help="genres per cover (default 3)")
     s = sub.add_parser("similar", parents=[common], help="the training covers most similar to a cover")
     s.add_argument("cover", metavar="COVER", help="an image file, or ARCHIVE.zip:MEMBER")
-    s.add_argument("-k", type=int, default=5, help="number of similar covers (default 5)")
+    s.add_argument("-k", type=positive_int, default=5, help="number of similar covers (default 5)")
     return parser
 
 

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import pandas as pd
 import timm
@@ -26,8 +25,11 @@ from torch import nn
 
 from covers import knn
 from covers.data.archives import decode_rgb, fit_square, to_rgb
-from covers.embed import create_backbone, embed_batch, map_batches
+from covers.embed import create_backbone, embed_images, map_batches
 from covers.train import Runtime, create_runtime
+
+if TYPE_CHECKING:
+    import faiss
 
 GALLERY_COLUMNS = ["archive", "member", "genre"]
 # MLflow warns that the pyfunc's ``list[Any]`` input is not validated: deliberate, inputs are checked per item
@@ -158,7 +160,7 @@ class CoverModel:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings from the network's pre-logits features."""
-        return self._map(lambda x: embed_batch(self.net, x), images, "embed")
+        return embed_images(self.net, images, self.meta["mean"], self.meta["std"], self.batch_size, self.rt)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, C)``: softmax of the classifier, or the kNN vote over the gallery."""

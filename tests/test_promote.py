@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -19,7 +20,7 @@ from covers.augment import create_eval_transform
 from covers.data import prepare_data
 from covers.data.loaders import create_loader
 from covers.models import create_model
-from covers.promote import promote
+from covers.promote import champion_accuracy, promote
 from covers.registry import Candidate, decide, rank_candidates
 from covers.serving import read_image
 from covers.train import create_runtime, predict
@@ -127,6 +128,11 @@ def test_registry_model_predicts_like_the_in_process_model(store, tmp_path):
     assert [r["genre"] for r in model.predict(paths)] == expected[:3]
     probs = np.array([list(r["probabilities"].values()) for r in from_bytes])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+    # a champion recorded on another manifest is measured on this test split: here it must reproduce its record
+    elsewhere = SimpleNamespace(name=NAME, version=mv.version, tags={"manifest_hash": "another", "test_acc": "0"})
+    acc, basis = champion_accuracy(elsewhere, bundle)
+    assert acc == pytest.approx(float(mv.tags["test_acc"])) and basis == "measured now on this test split"
 
 
 def test_worse_promotion_keeps_the_alias_and_a_forced_one_moves_it(store, cache_dir):
