@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from covers.data.archives import IMAGE_SUFFIXES, is_junk, is_unsafe
+from covers.data.archives import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,10 @@ class InputItem:
 
 
 def _wanted(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not is_junk(name) and not is_unsafe(name)
+    """An image by its extension, and not hidden OS metadata (``.DS_Store``, ``._x``, ``__MACOSX/``)."""
+    path = PurePosixPath(name)
+    hidden = any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not hidden
 
 
 def read_file(path: Path) -> InputItem:
