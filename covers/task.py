@@ -30,7 +30,7 @@ from covers.train import FitResult, create_runtime, fit
 log = logging.getLogger(__name__)
 
 # keys left out of MLflow params: they are tags or set by the sweeper per trial
-_NOT_PARAMS = ("trial.", "hydra.")
+_NOT_PARAMS = ("trial.", "hydra.", "promote.")
 
 
 def resolve_input(model_name: str, image_size: int | None, mean=None, std=None) -> dict[str, Any]:
@@ -148,6 +148,10 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
 
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective)."""
+    if cfg.model.get("kind") == "knn":  # the kNN baseline: nothing to train, tracked the same way
+        from covers.baseline import train_knn
+
+        return train_knn(cfg, on_epoch_end)
     timm.utils.random_seed(cfg.seed)
     torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
     rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)

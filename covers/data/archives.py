@@ -92,17 +92,27 @@ def decode_rgb(data: bytes, max_pixels: int | None = None) -> tuple[Image.Image,
             n = im.width * im.height
             raise Image.DecompressionBombError(f"{im.width}x{im.height} = {n:,} pixels > max_pixels={max_pixels:,}")
         im.load()
-        mode = im.mode
-        if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB"), mode
-        if mode.startswith("I;16") or mode in ("I", "F"):
-            arr = np.asarray(im, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-            return Image.fromarray(arr.astype(np.uint8)).convert("RGB"), mode
-        return im.convert("RGB"), mode
+        return to_rgb(im), im.mode
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An RGB copy of ``im``: transparency composited on white, 16-bit and float images rescaled to 8 bits."""
+    mode = im.mode
+    if mode in ("RGBA", "LA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def fit_square(im: Image.Image, size: int) -> np.ndarray:
+    """``im`` resized to ``size``×``size`` (bicubic) as an ``(size, size, 3)`` uint8 array: the model's input."""
+    return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def iter_entries(source: Path) -> Iterator[tuple[str, str, Path]]:

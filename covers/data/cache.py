@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from covers.data.archives import decode_rgb, iter_member_bytes
+from covers.data.archives import decode_rgb, fit_square, iter_member_bytes
 from covers.data.split import content_hash
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ def decode_rows(source: Path, rows: pd.DataFrame, size: int, progress: bool = Tr
         members = [m for _, m in items]
         for (i, _), (_, data) in zip(items, iter_member_bytes(source, archive, members), strict=True):
             im, _ = decode_rgb(data)
-            out[i] = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
+            out[i] = fit_square(im, size)
             bar.update()
     bar.close()
     return out

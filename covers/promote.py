@@ -1,0 +1,281 @@
+"""Promote a sweep's best trial: evaluate it once on the test split of its own manifest, register it (pyfunc with
+preprocessing, class names and a similar-cover gallery) and move the champion alias if it is not worse."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Run
+from mlflow.entities.model_registry import ModelVersion
+from PIL import Image
+
+import covers
+from covers import registry, track
+from covers.baseline import split_rows
+from covers.data import DataBundle, prepare_data
+from covers.evaluate import classification_metrics
+from covers.plots import plot_confusion_matrix
+from covers.serving import CoverModel, quiet_any_hint
+
+log = logging.getLogger(__name__)
+
+SERVING_PACKAGES = ("mlflow", "torch", "timm", "albumentations", "faiss-cpu", "pillow", "numpy", "pandas")
+
+
+def requirements() -> list[str]:
+    """Pinned pip requirements of the pyfunc (the ``covers`` code itself travels with the model)."""
+    pins = []
+    for pkg in SERVING_PACKAGES:
+        try:
+            pins.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            pins.append(pkg)
+    return pins
+
+
+def load_run_data(client: MlflowClient, run: Run, config: dict, meta: dict, cache_dir: str, dest: Path) -> DataBundle:
+    """The run's own split manifest (its logged artifact) with decoded images, checked against the model."""
+    manifest = client.download_artifacts(run.info.run_id, meta["manifest_file"], str(dest))
+    d = config["data"]
+    bundle = prepare_data(
+        name=d["name"],
+        image_size=meta["image_size"],
+        cache_dir=cache_dir,
+        source=d.get("source"),
+        manifest=manifest,
+        demo=d.get("demo"),
+    )
+    if bundle.manifest_hash != meta["manifest_hash"] or bundle.classes != meta["classes"]:
+        raise ValueError(f"run {run.info.run_id}: its manifest artifact does not match the model's meta.json")
+    return bundle
+
+
+def evaluate_on_test(client: MlflowClient, run_id: str, model: CoverModel, bundle: DataBundle) -> float:
+    """The one look at the test split: metrics, report, predictions and confusion matrix logged to the run."""
+    images, table = split_rows(bundle, "test")
+    target = table["genre"].map({c: i for i, c in enumerate(model.classes)}).to_numpy()
+    probs = model.predict_proba(images)
+    pred = probs.argmax(1)
+    metrics, per_class, report = classification_metrics(target, pred, model.classes)
+    metrics["test_n_images"] = len(table)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()])
+    table["predicted"] = [model.classes[i] for i in pred]
+    table["probability"] = probs.max(1)
+    client.log_text(run_id, report, "test/classification_report.txt")
+    client.log_text(run_id, per_class.to_csv(index=False), "test/per_class.csv")
+    client.log_text(run_id, table.to_csv(index=False), "test/predictions.csv")
+    fig = plot_confusion_matrix(target, pred, model.classes, f"test split ({len(table)} covers)")
+    client.log_figure(run_id, fig, "plots/test_confusion_matrix.png")
+    plt.close(fig)
+    client.set_tag(run_id, "test.manifest_hash", bundle.manifest_hash)
+    log.info("test split of manifest %s (%d covers):\n%s", bundle.manifest_hash, len(table), report)
+    return metrics["test_acc"]
+
+
+def describe(run: Run, meta: dict, config: dict, test_acc: float) -> str:
+    """Model-version description: origin, data manifest, test accuracy, preprocessing and the resolved config."""
+    tags = run.data.tags
+    origin = f"run {run.info.run_id} ({run.info.run_name}"
+    if "study_name" in tags:
+        origin += f", study {tags['study_name']}, trial {tags.get('trial_number')}"
+    kind = "kNN on pretrained embeddings" if meta.get("kind") == "knn" else "fine-tuned classifier"
+    return (
+        f"{meta['model_name']} {kind} from {origin}).\n\n"
+        f"Data manifest {meta['manifest_hash']} ({meta['manifest_file']}); test_acc {test_acc:.4f}; "
+        f"classes: {', '.join(meta['classes'])}.\n"
+        f"Input: list of image paths, encoded bytes, base64 text or HxWx3 uint8 arrays; decoded to RGB, resized to "
+        f"{meta['image_size']}px (bicubic), normalised with mean {meta['mean']} std {meta['std']}.\n\n"
+        f"Config:\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n"
+    )
+
+
+def example_png(images: np.ndarray) -> bytes:
+    """One cover as PNG bytes: the model's input example."""
+    buf = io.BytesIO()
+    Image.fromarray(images[0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def register(model: CoverModel, run: Run, name: str, description: str, example: bytes, tags: dict) -> ModelVersion:
+    """Log the pyfunc (models from code, with the ``covers`` code) to the run and register it as a new version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(Path(tmp) / "model")
+        code = shutil.copytree(Path(covers.__file__).parent, Path(tmp) / "code" / "covers", ignore=_no_cache)
+        mlflow.start_run(run_id=run.info.run_id)
+        try:  # a failed promotion must not mark the (finished) trial FAILED
+            with quiet_any_hint():
+                info = mlflow.pyfunc.log_model(
+                    name=name,
+                    python_model=str(Path(covers.__file__).parent / "_pyfunc_model.py"),
+                    artifacts={"model": str(folder)},
+                    code_paths=[str(code)],
+                    input_example=[example],
+                    pip_requirements=requirements(),
+                    metadata={k: model.meta[k] for k in ("kind", "classes", "image_size", "mean", "std")},
+                )
+        finally:
+            mlflow.end_run(run.info.status)
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    MlflowClient().update_model_version(name, mv.version, description=description)
+    return mv
+
+
+def _no_cache(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n == "__pycache__"]
+
+
+def champion_accuracy(champion: ModelVersion, bundle: DataBundle) -> tuple[float, str]:
+    """The champion's test accuracy on ``bundle``'s test split: its recorded one if it was measured on the same
+    manifest, else measured now (by genre name, so a different class list still compares)."""
+    if champion.tags.get("manifest_hash") == bundle.manifest_hash and "test_acc" in champion.tags:
+        return float(champion.tags["test_acc"]), "recorded on the same test split"
+    log.warning("champion v%s was tested on another manifest: evaluating it on this test split", champion.version)
+    model = mlflow.pyfunc.load_model(f"models:/{champion.name}/{champion.version}").unwrap_python_model().model
+    images, table = split_rows(bundle, "test")
+    pred = np.asarray(model.classes)[model.predict_proba(images).argmax(1)]
+    return float((pred == table["genre"].to_numpy()).mean()), "measured now on this test split"
+
+
+def select_run(
+    client: MlflowClient, experiment_id: str, run_id: str | None, study_name: str | None, parent_run_id: str | None
+) -> Run:
+    """The given run, or the best trial of the sweep named by parent run id or study name (default: latest)."""
+    if run_id:
+        return client.get_run(run_id)
+    return registry.best_trial(client, registry.find_sweep(client, experiment_id, study_name, parent_run_id))
+
+
+def test_and_register(
+    client: MlflowClient,
+    run: Run,
+    model_dir: Path,
+    config: dict,
+    bundle: DataBundle,
+    model_name: str,
+    gallery_splits: tuple[str, ...],
+    index: str,
+    batch_size: int,
+    device: str,
+) -> tuple[ModelVersion, float]:
+    """Test once and register once per run: an earlier promotion's test result and version are reused."""
+    run_id = run.info.run_id
+    mv = registry.run_version(client, model_name, run_id)
+    test_acc = run.data.metrics.get("test_acc")
+    if test_acc is not None:
+        log.info("run %s was evaluated on the test split before (test_acc=%.4f): not again", run_id, test_acc)
+    if mv is not None and test_acc is not None:
+        return mv, test_acc
+    model = CoverModel.from_dir(model_dir, device, batch_size)
+    images, table = split_rows(bundle, *gallery_splits)
+    model.set_gallery(images, table, index)
+    if test_acc is None:
+        test_acc = evaluate_on_test(client, run_id, model, bundle)
+    if mv is None:
+        tags = {"test_acc": f"{test_acc:.6f}", "manifest_hash": bundle.manifest_hash, "run_id": run_id}
+        description = describe(run, model.meta, config, test_acc)
+        mv = register(model, run, model_name, description, example_png(images), tags)
+    return mv, test_acc
+
+
+def decide_alias(client: MlflowClient, mv: ModelVersion, test_acc: float, bundle: DataBundle, alias: str, force: bool):
+    """Compare with the alias holder on this test split; move the alias if the rule (or ``force``) says so."""
+    champion = registry.alias_version(client, mv.name, alias)
+    champion_acc, basis = None, "no champion yet"
+    if champion is not None and champion.version == mv.version:
+        champion_acc, basis = test_acc, "same version"
+        decision = registry.Decision(True, f"v{mv.version} already holds @{alias}")
+    else:
+        if champion is not None:
+            champion_acc, basis = champion_accuracy(champion, bundle)
+        decision = registry.decide(test_acc, champion_acc, force)
+    if decision.promote:
+        client.set_registered_model_alias(mv.name, alias, mv.version)
+    return {
+        "model_name": mv.name,
+        "alias": alias,
+        "candidate_version": mv.version,
+        "candidate_run_id": mv.run_id,
+        "candidate_test_acc": test_acc,
+        "champion_version": champion.version if champion else None,
+        "champion_test_acc": champion_acc,
+        "champion_basis": basis,
+        "promoted": decision.promote,
+        "forced": bool(force and decision.promote and champion_acc is not None and test_acc < champion_acc),
+        "reason": decision.reason,
+        "alias_holder": client.get_model_version_by_alias(mv.name, alias).version
+        if decision.promote
+        else champion.version,
+        "test_manifest_hash": bundle.manifest_hash,
+    }
+
+
+def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -> str:
+    """Print and log the decision: run tags and a JSON record, model-version tags; returns the printed text."""
+    name, alias, v = record["model_name"], record["alias"], record["candidate_version"]
+    champ = record["champion_version"]
+    before = f"v{champ} test_acc {record['champion_test_acc']:.4f} ({record['champion_basis']})" if champ else "none"
+    outcome = (
+        f"v{v} holds @{alias}" if record["promoted"] else f"v{champ} keeps @{alias} (promote.force=true overrides)"
+    )
+    text = (
+        f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}; "
+        f"champion before: {before}\n  decision: {outcome}: {record['reason']}"
+    )
+    print(text)
+    log.info(text)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    client.log_dict(run_id, record, f"promotion/{stamp}.json")
+    client.set_tag(run_id, "promotion.decision", "promoted" if record["promoted"] else "not promoted")
+    client.set_tag(run_id, "promotion.reason", record["reason"])
+    for key in ("promoted", "forced", "reason", "champion_version", "champion_test_acc"):
+        client.set_model_version_tag(name, v, f"promotion.{key}", str(record[key]))
+    return text
+
+
+def promote(
+    tracking_uri: str,
+    experiment: str,
+    cache_dir: str,
+    study_name: str | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    model_name: str = "covers-genre",
+    alias: str = "champion",
+    force: bool = False,
+    gallery_splits: tuple[str, ...] = ("train",),
+    index: str = "flat",
+    batch_size: int = 64,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Select a run (``run_id``, else a sweep's best trial), test once, register, decide the alias; the record."""
+    mlflow.set_tracking_uri(track.resolve_sqlite_uri(tracking_uri))
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    run = select_run(client, exp.experiment_id, run_id, study_name, parent_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(client.download_artifacts(run.info.run_id, "model", tmp))
+        config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml", tmp)).read_text())
+        meta = json.loads((model_dir / "meta.json").read_text())
+        bundle = load_run_data(client, run, config, meta, cache_dir, Path(tmp))
+        mv, test_acc = test_and_register(
+            client, run, model_dir, config, bundle, model_name, tuple(gallery_splits), index, batch_size, device
+        )
+        record = decide_alias(client, mv, test_acc, bundle, alias, force)
+    report_decision(client, run.info.run_id, record)
+    return record

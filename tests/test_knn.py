@@ -1,0 +1,102 @@
+"""faiss indexes (exact and approximate, 100 000 vectors), kNN votes, and the kNN baseline on real data."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+from covers import knn
+from covers.task import train
+
+
+def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_flat_index_is_exact_cosine():
+    x = _vectors(500, 16)
+    index = knn.build_index(x, "flat")
+    sims, ids = knn.search(index, x[:50] * 3.0, k=3)  # scale does not matter: cosine
+    assert (ids[:, 0] == np.arange(50)).all() and np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    normed = x / np.linalg.norm(x, axis=1, keepdims=True)
+    expected = np.sort(normed[:50] @ normed.T, axis=1)[:, ::-1][:, :3]
+    assert np.allclose(sims, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", knn.INDEX_KINDS)
+def test_index_builds_for_100k_vectors(kind):
+    x = _vectors(100_000, 32, seed=1)
+    start = time.perf_counter()
+    index = knn.build_index(x, kind)
+    built = time.perf_counter() - start
+    assert index.ntotal == 100_000 and built < 120, built
+    queries = np.arange(0, 100_000, 997)
+    _, ids = knn.search(index, x[queries], k=1)
+    recall = float((ids[:, 0] == queries).mean())
+    assert recall >= (1.0 if kind == "flat" else 0.9), (kind, recall)
+
+
+def test_build_index_rejects_unknown_kind_and_empty_input():
+    with pytest.raises(ValueError, match="index kind"):
+        knn.build_index(_vectors(10, 4), "annoy")
+    with pytest.raises(ValueError, match="zero vectors"):
+        knn.build_index(np.zeros((0, 4), np.float32))
+
+
+# neighbours (similarity, label) of one query; label -1 = no neighbour
+VOTES = [
+    ("uniform", [0.9, 0.5, 0.4], [1, 0, 0], [2 / 3, 1 / 3]),
+    ("similarity", [0.9, 0.5, 0.4], [1, 0, 0], [0.5, 0.5]),
+    ("similarity", [0.9, -0.5, 0.4], [1, 0, 0], [0.4 / 1.3, 0.9 / 1.3]),
+    ("uniform", [0.9, 0.5, 0.0], [1, 0, -1], [0.5, 0.5]),
+    ("uniform", [0.0, 0.0, 0.0], [-1, -1, -1], [0.5, 0.5]),
+]
+
+
+@pytest.mark.parametrize(("weighting", "sims", "labels", "expected"), VOTES)
+def test_vote(weighting, sims, labels, expected):
+    probs = knn.vote(np.array([sims]), np.array([labels]), 2, weighting)
+    assert np.allclose(probs[0], expected, atol=1e-9)
+
+
+def test_softmax_vote_lets_the_closest_neighbour_win():
+    sims, labels = np.array([[0.95, 0.6, 0.6]]), np.array([[1, 0, 0]])
+    assert knn.vote(sims, labels, 2, "uniform").argmax() == 0
+    assert knn.vote(sims, labels, 2, "softmax", temperature=0.1).argmax() == 1
+    with pytest.raises(ValueError, match="weighting"):
+        knn.vote(sims, labels, 2, "majority")
+
+
+def test_classify_with_k_above_gallery_size():
+    x = _vectors(4, 8)
+    probs = knn.classify(knn.build_index(x), np.array([0, 1, 1, 1]), x[:1], 2, k=50, weighting="uniform")
+    assert np.allclose(probs, [[0.25, 0.75]])
+
+
+def test_knn_baseline_on_cifar_beats_chance(make_cfg, cifar_covers):
+    cfg = make_cfg(
+        "model=knn",
+        "data=archives",
+        f"data.source={cifar_covers}",
+        "data.image_size=32",
+        "data.eval_batch_size=256",
+        "model.k=10",
+    )
+    out = train(cfg)
+    assert out["best_val_acc"] > 0.25, out  # ten classes: chance is 0.1; measured 0.37 at 32 px
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tf_efficientnet_lite0 knn k=10 similarity"
+    assert run.data.tags["model.kind"] == "knn" and run.data.tags["covers.kind"] == "single"
+    assert run.data.metrics["best_val_acc"] == pytest.approx(out["best_val_acc"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0]
+    assert run.data.params["model.k"] == "10" and int(run.data.params["data.n_val"]) >= 490  # 10 % of 5 000
+    assert not any(p.startswith(("optim.", "loss.", "freeze.", "promote.")) for p in run.data.params)
+    folders = ("model", "plots", "data", "config")
+    artifacts = {a.path for p in folders for a in client.list_artifacts(run.info.run_id, p)}
+    assert {"model/meta.json", "plots/val_confusion_matrix.png", "config/config.yaml"} <= artifacts
+    assert any(a.startswith("data/") and a.endswith(".csv") for a in artifacts)
