@@ -20,11 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import balanced_accuracy_score, log_loss
 
-from covers import knn, track
+from covers import knn
 from covers.data import DataBundle
 from covers.embed import create_backbone
 from covers.plots import plot_confusion_matrix
 from covers.serving import GALLERY_COLUMNS, CoverModel
+from covers.sweep.link import reporter_for
 from covers.train import create_runtime
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,10 @@ def evaluate_knn(model: CoverModel, queries: np.ndarray, labels: np.ndarray) -> 
 
 def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Evaluate the kNN baseline on the validation split and track it like a training run."""
-    from covers.task import load_data, log_run_record
+    from covers.task import intra_op_threads, load_data, log_run_record, tracked_run
 
     timm.utils.random_seed(cfg.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(int(cfg.trainer.threads))
+    torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
     bundle, inp = load_data(cfg)
     model = instantiate(
         cfg.model,
@@ -139,17 +139,15 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     model.set_gallery(train_images, train_table, cfg.model.index, vectors=vectors[split == "train"])
     _, val_labels = bundle.split("val")
 
-    track.setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    tags = {"covers.kind": "single", "model": cfg.model.name, "model.kind": "knn", "data": cfg.data.name}
-    if cfg.trial.number is not None:
-        tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
-    with track.start_run(knn_run_name(cfg), cfg.trial.parent_run_id, tags) as run:
+    reporter = reporter_for(cfg, epochs=1)  # one evaluation step: reported, never pruned
+    with tracked_run(cfg, knn_run_name(cfg), reporter, **{"model.kind": "knn"}) as run:
         log_run_record(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _UNUSED_GROUPS]), bundle, inp)
         metrics, pred = evaluate_knn(model, vectors[split == "val"], val_labels)
         log.info("kNN %s", " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         mlflow.log_metrics(metrics, step=0)
-        if on_epoch_end is not None:
-            on_epoch_end(0, metrics)
+        for callback in (reporter, on_epoch_end):
+            if callback is not None:
+                callback(0, metrics)
         mlflow.log_metrics({"best_val_acc": metrics["val_acc"], "best_epoch": 1, "epochs_completed": 1})
         fig = plot_confusion_matrix(val_labels, pred, bundle.classes, f"validation, {knn_run_name(cfg)}")
         mlflow.log_figure(fig, "plots/val_confusion_matrix.png")

@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from covers.data import DataBundle, prepare_data
 from covers.data.loaders import create_loader
 from covers.optim import create_scheduler
 from covers.plots import plot_confusion_matrix, plot_learning_curves
-from covers.sweep.link import reporter_for
+from covers.sweep.link import TrialReporter, reporter_for
 from covers.train import FitResult, create_runtime, fit
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,19 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
     plt.close("all")
 
 
+@contextmanager
+def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = None, **tags: Any) -> Iterator[Any]:
+    """The MLflow run of one training/evaluation: tagged as trial or single run, linked to the Optuna trial."""
+    track.setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    tags = {"covers.kind": "single", "model": cfg.model.name, "data": cfg.data.name, **tags}
+    if cfg.trial.number is not None:
+        tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
+    with track.start_run(name, cfg.trial.parent_run_id, tags, stopped=(optuna.TrialPruned,)) as run:
+        if reporter is not None:
+            reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        yield run
+
+
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective)."""
     if cfg.model.get("kind") == "knn":  # the kNN baseline: nothing to train, tracked the same way
@@ -172,20 +187,10 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     steps = cfg.trainer.epochs * len(train_loader)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, cfg.optim.lr, cfg.optim.warmup_pct)
 
-    track.setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    tags = {
-        "covers.kind": "trial" if cfg.trial.number is not None else "single",
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-    }
-    if cfg.trial.number is not None:
-        tags.update({"study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
     reporter = reporter_for(cfg)
     result = FitResult()
-    with track.start_run(run_name(cfg), cfg.trial.parent_run_id, tags, stopped=(optuna.TrialPruned,)) as run:
+    with tracked_run(cfg, run_name(cfg), reporter):
         log_run_record(cfg, bundle, inp)
-        if reporter is not None:
-            reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
 
         def epoch_end(epoch: int, metrics: dict) -> None:
             mlflow.log_metrics(metrics, step=epoch)
@@ -212,7 +217,7 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
             log_results(cfg, result, bundle, inp, with_model=False)
             raise
         log_results(cfg, result, bundle, inp)
-        run_id = run.info.run_id
+        run_id = mlflow.active_run().info.run_id
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
         "best_val_acc": best,

@@ -40,7 +40,7 @@ class TrialReporter:
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} ({self.metric}={value:.4f})")
 
 
-def reporter_for(cfg: DictConfig) -> TrialReporter | None:
+def reporter_for(cfg: DictConfig, epochs: int | None = None) -> TrialReporter | None:
     """A reporter for this job's trial when it runs under the covers Optuna sweeper, else ``None``."""
     if cfg.trial.number is None or not HydraConfig.initialized():
         return None
@@ -50,4 +50,4 @@ def reporter_for(cfg: DictConfig) -> TrialReporter | None:
         return None
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
     trial = connect_trial(cfg.trial.study_name, int(cfg.trial.number), sweeper.storage, pruner)
-    return TrialReporter(trial, str(sweeper.get("metric", "val_acc")), int(cfg.trainer.epochs))
+    return TrialReporter(trial, str(sweeper.get("metric", "val_acc")), epochs or int(cfg.trainer.epochs))
