@@ -162,16 +162,32 @@ def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = Non
 
 
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
-    """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective)."""
+    """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective).
+
+    The MLflow run opens first, so any failure (data, model, training) ends it FAILED with its traceback."""
     if cfg.model.get("kind") == "knn":  # the kNN baseline: nothing to train, tracked the same way
         from covers.baseline import train_knn
 
         return train_knn(cfg, on_epoch_end)
     timm.utils.random_seed(cfg.seed)
     torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
+    reporter = reporter_for(cfg)
+    with tracked_run(cfg, run_name(cfg), reporter) as run:
+        result = _train_tracked(cfg, [reporter, on_epoch_end])
+    best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
+    return {
+        "best_val_acc": best,
+        "run_id": run.info.run_id,
+        "history": result.history,
+        "val_loss_at_best": result.history[result.best_epoch]["val_loss"] if result.history else np.nan,
+    }
+
+
+def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
     rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
     bundle, inp = load_data(cfg)
     log.info("data: %d classes, %s, manifest %s", len(bundle.classes), bundle.counts(), bundle.manifest_path)
+    log_run_record(cfg, bundle, inp)
 
     model = instantiate(cfg.model, num_classes=len(bundle.classes))
     instantiate(cfg.freeze)(model)
@@ -182,46 +198,34 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     pin = rt.device.type == "cuda"
     train_loader = create_loader(*bundle.split("train"), train_tf, d.batch_size, True, d.num_workers, pin, cfg.seed)
     val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, d.num_workers, pin)
-
     optimizer = instantiate(cfg.optim.optimizer)(model, lr=cfg.optim.lr)
     steps = cfg.trainer.epochs * len(train_loader)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, cfg.optim.lr, cfg.optim.warmup_pct)
 
-    reporter = reporter_for(cfg)
+    def epoch_end(epoch: int, metrics: dict) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        for callback in callbacks:
+            if callback is not None:
+                callback(epoch, metrics)
+
     result = FitResult()
-    with tracked_run(cfg, run_name(cfg), reporter):
-        log_run_record(cfg, bundle, inp)
-
-        def epoch_end(epoch: int, metrics: dict) -> None:
-            mlflow.log_metrics(metrics, step=epoch)
-            for callback in (reporter, on_epoch_end):
-                if callback is not None:
-                    callback(epoch, metrics)
-
-        try:
-            fit(
-                model,
-                train_loader,
-                val_loader,
-                loss_fn,
-                optimizer,
-                scheduler,
-                cfg.trainer.epochs,
-                rt,
-                on_epoch_end=epoch_end,
-                result=result,
-            )
-        except optuna.TrialPruned:
-            mlflow.set_tag("pruned", "true")
-            mlflow.set_tag("pruned_at_epoch", len(result.history))
-            log_results(cfg, result, bundle, inp, with_model=False)
-            raise
-        log_results(cfg, result, bundle, inp)
-        run_id = mlflow.active_run().info.run_id
-    best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
-    return {
-        "best_val_acc": best,
-        "run_id": run_id,
-        "history": result.history,
-        "val_loss_at_best": result.history[result.best_epoch]["val_loss"] if result.history else np.nan,
-    }
+    try:
+        fit(
+            model,
+            train_loader,
+            val_loader,
+            loss_fn,
+            optimizer,
+            scheduler,
+            cfg.trainer.epochs,
+            rt,
+            on_epoch_end=epoch_end,
+            result=result,
+        )
+    except optuna.TrialPruned:
+        mlflow.set_tag("pruned", "true")
+        mlflow.set_tag("pruned_at_epoch", len(result.history))
+        log_results(cfg, result, bundle, inp, with_model=False)
+        raise
+    log_results(cfg, result, bundle, inp)
+    return result

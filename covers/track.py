@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import tempfile
@@ -28,9 +29,30 @@ def resolve_sqlite_uri(uri: str | None) -> str | None:
     return f"sqlite:///{path}"
 
 
+@contextmanager
+def sqlite_init_lock(uri: str | None) -> Iterator[None]:
+    """Serialise first-time creation of a SQLite store across processes (parallel workers on a fresh store race
+    on schema migrations); a no-op for other URLs."""
+    uri = resolve_sqlite_uri(uri)
+    if not uri or not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new)."""
-    mlflow.set_tracking_uri(resolve_sqlite_uri(uri))
+    with sqlite_init_lock(uri):
+        return _setup_tracking(resolve_sqlite_uri(uri), experiment, artifact_root)
+
+
+def _setup_tracking(uri: str, experiment: str, artifact_root: str | None) -> str:
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         exp_id = exp.experiment_id

@@ -48,7 +48,7 @@ def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
 
 
 def test_failed_run_is_marked_failed_with_traceback(make_cfg, tmp_path):
-    cfg = make_cfg("trainer.epochs=1", "data.image_size=32", "optim.lr=1e6", "loss.gamma=0.0")
+    cfg = make_cfg("trainer.epochs=1", "data.image_size=32", "optim.lr=1e30", "loss.gamma=0.0")
     try:
         train(cfg)
     except FloatingPointError:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from covers.sweep import budget
 from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
 from covers.sweep.storage import create_storage, normalise_storage_url
+from covers.track import sqlite_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,22 @@ def create_sampler(sampler: Any, distributions: dict) -> tuple[optuna.samplers.B
     """The sampler Hydra instantiated from config; a partial ``GridSampler`` (``_partial_: true``) gets its grid
     from the search space. Returns ``(sampler, grid size or None)``."""
     if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
-        grid = {name: grid_choices(d) for name, d in distributions.items()}
+        grid = {name: grid_choices(d, name) for name, d in distributions.items()}
         return sampler(search_space=grid), math.prod(len(v) for v in grid.values())
     if isinstance(sampler, functools.partial):
         return sampler(), None
     if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
         raise TypeError(f"hydra.sweeper.sampler must be an Optuna sampler config, got {type(sampler).__name__}")
     return sampler, None
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> None:
+    """``study.tell``, tolerating GridSampler's ``study.stop()`` outside ``optimize`` (the result is stored first)."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -91,15 +101,16 @@ class OptunaSweeperImpl(Sweeper):
     # -- set-up --------------------------------------------------------------------------------------------------
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
-        storage = create_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=self.pruner,
-            direction=self.direction,
-            load_if_exists=True,
-        )
+        with sqlite_init_lock(self.storage_url):  # workers starting together on a fresh file
+            storage = create_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=storage,
+                sampler=sampler,
+                pruner=self.pruner,
+                direction=self.direction,
+                load_if_exists=True,
+            )
         n_trials = min(self.n_trials, grid_size) if grid_size else self.n_trials
         done = len(budget.counted(study.get_trials(deepcopy=False)))
         log.info(
@@ -180,9 +191,8 @@ class OptunaSweeperImpl(Sweeper):
                         if parallel:
                             in_flight[pool.submit(self._launch, overrides, trial.number)] = trial
                         else:
-                            self._finish(
-                                study, running.pop(trial.number), beat, parent, self._launch(overrides, trial.number)
-                            )
+                            ret = self._launch(overrides, trial.number)
+                            self._finish(study, running.pop(trial.number), beat, parent, ret)
                     if not in_flight:
                         if stop:
                             raise RuntimeError(f"too many failed trials (max_failure_rate={self.max_failure_rate})")
@@ -206,7 +216,7 @@ class OptunaSweeperImpl(Sweeper):
         ranks = sorted(t.number for t in budget.counted(study.get_trials(deepcopy=False)))
         if trial.number not in ranks[:n_trials]:  # another worker took the last slot at the same moment
             trial.set_user_attr(budget.OVER_BUDGET, True)
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             return None
         return trial
 
@@ -224,7 +234,7 @@ class OptunaSweeperImpl(Sweeper):
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial) -> None:
         frozen = study.get_trials(deepcopy=False)[trial.number]
         if frozen.state == TrialState.RUNNING:
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             budget.retry(study, study.get_trials(deepcopy=False)[trial.number])
 
     def _failures_exceeded(self, study: optuna.Study, n_trials: int) -> bool:
@@ -243,18 +253,18 @@ class OptunaSweeperImpl(Sweeper):
             value = float(ret.return_value)
         except optuna.TrialPruned as e:
             log.info("trial %d pruned: %s", trial.number, e)
-            study.tell(trial, state=TrialState.PRUNED)
+            tell(study, trial, state=TrialState.PRUNED)
             return
         except Exception as e:  # the job raised, or returned something that is not a number
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             return
         if not math.isfinite(value):
             log.warning("trial %d returned %s; marked failed", trial.number, value)
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             return
-        study.tell(trial, value)
+        tell(study, trial, value)
         log.info("trial %d: %s=%.4f %s", trial.number, "value", value, trial.params)
 
 

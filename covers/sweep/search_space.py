@@ -67,7 +67,7 @@ def parse_params(
     return distributions, fixed
 
 
-def grid_choices(distribution: BaseDistribution) -> list:
+def grid_choices(distribution: BaseDistribution, name: str = "") -> list:
     """The values a grid search enumerates for a discrete distribution."""
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
@@ -76,7 +76,7 @@ def grid_choices(distribution: BaseDistribution) -> list:
     if isinstance(distribution, FloatDistribution) and distribution.step is not None:
         n = round((distribution.high - distribution.low) / distribution.step)
         return [distribution.low + i * distribution.step for i in range(n + 1)]
-    raise SearchSpaceError(f"grid sampling needs discrete values (choice or range), got {distribution}")
+    raise SearchSpaceError(f"grid sampling needs discrete values (choice or range) for {name!r}, got {distribution}")
 
 
 def format_override(name: str, value: Any) -> str:
