@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -142,8 +143,9 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``.
 
-    ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` and ``lr``. A callback may raise
-    to stop early (pruning): pass your own ``result`` to keep what was reached. Best-epoch weights stay on the CPU."""
+    ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``lr`` and ``epoch_time_s``.
+    A callback may raise to stop early (pruning): pass your own ``result`` to keep what was reached.
+    Best-epoch weights stay on the CPU."""
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -151,6 +153,7 @@ def fit(
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     result = FitResult() if result is None else result
     for epoch in range(epochs):
+        start = time.perf_counter()
         tr = train_one_epoch(
             model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}"
         )
@@ -161,6 +164,7 @@ def fit(
             "val_loss": va["loss"],
             "val_acc": va["acc"],
             "lr": tr["lr"],
+            "epoch_time_s": time.perf_counter() - start,
         }
         result.history.append(metrics)
         log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -1,0 +1,43 @@
+"""Shared timing helpers: interleaved repeats, best-of, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_of(fn: Callable[[], float | None], repeats: int) -> float:
+    """Run ``fn`` ``repeats`` times; return the fastest wall time (``fn`` may return its own measured seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        measured = fn()
+        times.append(measured if measured is not None else time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    """A Markdown table of ``rows`` (same keys) on stdout."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")

@@ -1,0 +1,152 @@
+"""Trainer and data path against a bare PyTorch loop.
+
+    python -m benchmarks.trainer            # full measurement (tf_efficientnet_lite0, 64 px, batch 32)
+    python -m benchmarks.trainer --smoke    # a few steps, for correctness only
+
+Rows: (1) covers' ``train_one_epoch`` vs a bare loop, both over pre-materialised tensors (the trainer's own
+overhead); (2) an epoch through the real data path (decode-once store, default albumentations augmentation,
+DataLoader) vs the same number of images as pre-materialised tensors; (3) embedding extraction
+(``covers.embed.embed_images``) vs a bare ``forward_features``/``forward_head`` pass."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks._timing import best_of, machine, print_table
+from covers.augment import create_eval_transform, create_train_transform
+from covers.data.loaders import create_loader
+from covers.embed import embed_batch, embed_images
+from covers.models import create_model
+from covers.train import create_runtime, train_one_epoch
+
+
+def _batches(n_batches: int, batch: int, size: int, classes: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n_batches)
+    ]
+
+
+def bare_train(model: nn.Module, batches, lr: float = 1e-3) -> float:
+    """The reference: forward, loss, backward, step over tensors in memory; returns seconds."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    t0 = time.perf_counter()
+    for x, y in batches:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def covers_train(model: nn.Module, loader, lr: float = 1e-3) -> float:
+    """covers' ``train_one_epoch`` over ``loader``; returns seconds."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rt = create_runtime("cpu", "fp32", False)
+    t0 = time.perf_counter()
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, None, rt)
+    return time.perf_counter() - t0
+
+
+def run(smoke: bool = False, model_name: str = "tf_efficientnet_lite0", size: int = 64, batch: int = 32) -> dict:
+    """All rows; images/s and ratios."""
+    n_batches, repeats = (2, 1) if smoke else (20, 3)
+    classes = 8
+    base = create_model(model_name, classes, weights="package" if "lite0" in model_name else "none")
+    batches = _batches(n_batches, batch, size, classes)
+    n_images = n_batches * batch
+    rows = []
+
+    # (1) trainer overhead: same tensors, same model copies, interleaved
+    bare_t, cov_t = [], []
+    for _ in range(repeats):
+        bare_t.append(bare_train(copy.deepcopy(base), batches))
+        cov_t.append(covers_train(copy.deepcopy(base), batches))
+    rows.append(
+        {
+            "row": "trainer vs bare loop",
+            "bare_img_s": n_images / min(bare_t),
+            "covers_img_s": n_images / min(cov_t),
+            "ratio": min(bare_t) / min(cov_t),
+        }
+    )
+
+    # (2) real data path: uint8 store -> augmentation -> DataLoader, vs pre-materialised tensors
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, size=n_images)
+    aug = create_train_transform(size, (0.5,) * 3, (0.5,) * 3, hflip=0.5, scale=(0.7, 1.0), rotate=10, color_jitter=0.2)
+    for workers in (0, 1):
+        loader = create_loader(images, labels, aug, batch, True, num_workers=workers)
+        data_t = best_of(lambda loader=loader: covers_train(copy.deepcopy(base), loader), repeats)
+        tensors_t = best_of(lambda: covers_train(copy.deepcopy(base), batches), repeats)
+        rows.append(
+            {
+                "row": f"data path (num_workers={workers}) vs tensors",
+                "bare_img_s": n_images / tensors_t,
+                "covers_img_s": n_images / data_t,
+                "ratio": tensors_t / data_t,
+            }
+        )
+
+    # (3) embedding extraction vs a bare forward pass
+    backbone = create_model(model_name, 0, weights="none").eval()
+    x_eval = create_eval_transform(size, (0.5,) * 3, (0.5,) * 3)
+    pre = torch.stack([x_eval(image=im)["image"] for im in images])
+
+    def bare_embed() -> None:
+        with torch.no_grad():
+            for i in range(0, n_images, 64):
+                embed_batch(backbone, pre[i : i + 64])
+
+    def covers_embed() -> None:
+        embed_images(backbone, images, (0.5,) * 3, (0.5,) * 3, batch_size=64)
+
+    bare_e = best_of(bare_embed, repeats)
+    cov_e = best_of(covers_embed, repeats)
+    rows.append(
+        {
+            "row": "embedding vs bare forward",
+            "bare_img_s": n_images / bare_e,
+            "covers_img_s": n_images / cov_e,
+            "ratio": bare_e / cov_e,
+        }
+    )
+    return {
+        "machine": machine(),
+        "model": model_name,
+        "image_size": size,
+        "batch": batch,
+        "images": n_images,
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    result = run(args.smoke, args.model, args.size, args.batch)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    print_table(result["rows"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Benchmarks in smoke mode: they run end to end and report finite figures (no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks import faiss_index, sweep, trainer
+
+
+def _finite(rows: list[dict]) -> bool:
+    return all(math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float))
+
+
+def test_trainer_benchmark_smoke():
+    result = trainer.run(smoke=True)
+    names = [r["row"] for r in result["rows"]]
+    assert names[0] == "trainer vs bare loop" and names[-1] == "embedding vs bare forward" and len(names) == 4
+    assert _finite(result["rows"]) and all(r["ratio"] > 0 for r in result["rows"])
+
+
+def test_faiss_benchmark_smoke():
+    result = faiss_index.run(smoke=True)
+    rows = {r["index"]: r for r in result["rows"]}
+    assert set(rows) == {"flat", "ivf", "hnsw"} and rows["flat"]["recall@10"] == 1.0
+    assert 0.5 < rows["hnsw"]["recall@10"] <= 1.0 and _finite(result["rows"])
+
+
+def test_sweep_benchmark_smoke():
+    result = sweep.run(smoke=True)
+    full, pruned = result["rows"]
+    assert full["trials"] == pruned["trials"] == 2 and full["trial_epochs"] == 2
+    assert full["warm_trial_startup_s"] >= 0 and full["mean_epoch_s"] > 0
+    assert _finite(result["rows"])
