@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -41,3 +42,12 @@ def print_table(rows: list[dict]) -> None:
     print("|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
+
+
+def report(result: dict, json_path: str | None = None) -> None:
+    """Print the settings as JSON and the rows as a table; optionally save everything as JSON."""
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    print_table(result["rows"])
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)

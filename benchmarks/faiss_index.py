@@ -10,12 +10,11 @@ queries are drawn from the same mixture. Recall@10 is measured against the exact
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
-from benchmarks._timing import machine, print_table
+from benchmarks._timing import machine, report
 from covers.knn import INDEX_KINDS, build_index, search
 
 
@@ -62,11 +61,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     result = run(tuple(args.sizes), smoke=args.smoke)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
-    print_table(result["rows"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

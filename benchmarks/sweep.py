@@ -9,7 +9,6 @@ MLflow store. Start-up per trial = trial duration (Optuna) - the epochs' own tim
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from benchmarks._timing import machine, print_table
+from benchmarks._timing import machine, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,11 +132,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     result = run(args.source, args.per_class, args.n_trials, args.epochs, args.smoke)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
-    print_table(result["rows"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

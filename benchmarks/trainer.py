@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._timing import best_of, machine, print_table
+from benchmarks._timing import best_of, machine, report
 from covers.augment import create_eval_transform, create_train_transform
 from covers.data.loaders import create_loader
 from covers.embed import embed_batch, embed_images
@@ -141,11 +140,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     result = run(args.smoke, args.model, args.size, args.batch)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
-    print_table(result["rows"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

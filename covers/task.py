@@ -191,6 +191,8 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
 
     model = instantiate(cfg.model, num_classes=len(bundle.classes))
     instantiate(cfg.freeze)(model)
+    if cfg.trainer.get("compile"):
+        model.compile()  # in place: state-dict keys stay those of the plain model
     loss_fn = instantiate(cfg.loss)
     train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
     eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
