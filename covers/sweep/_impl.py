@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -249,12 +250,13 @@ class OptunaSweeperImpl(Sweeper):
         return ov
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
-        try:
-            value = float(ret.return_value)
-        except optuna.TrialPruned as e:
-            log.info("trial %d pruned: %s", trial.number, e)
+        if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
+            # read directly: Hydra's return_value getter reports every non-completed job as an error
+            log.info("trial %d pruned: %s", trial.number, ret._return_value)
             tell(study, trial, state=TrialState.PRUNED)
             return
+        try:
+            value = float(ret.return_value)
         except Exception as e:  # the job raised, or returned something that is not a number
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
