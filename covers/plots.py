@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
 
@@ -20,6 +21,7 @@ def plot_learning_curves(history: Sequence[dict], title: str = "") -> plt.Figure
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend()
