@@ -31,8 +31,10 @@ from covers.train import FitResult, create_runtime, fit
 
 log = logging.getLogger(__name__)
 
-# keys left out of MLflow params: they are tags or set by the sweeper per trial
-_NOT_PARAMS = ("trial.", "hydra.", "promote.")
+# keys left out of MLflow params: tags or set by the sweeper per trial (trial, hydra), the promote command's settings,
+# or machine-specific folders that differ per trial and would lead the UI's compare view (paths, audit; the audit's
+# cleaning rules show in data.manifest_hash). The whole resolved config is the artifact config/config.yaml.
+_NOT_PARAMS = ("trial.", "hydra.", "promote.", "paths.", "audit.")
 
 
 def resolve_input(model_name: str, image_size: int | None, mean=None, std=None) -> dict[str, Any]:
