@@ -1,12 +1,15 @@
-"""Shared fixtures: real data from ../shared/data, composed configs shrunk for CPU, a per-test MLflow store."""
+"""Shared fixtures: real data from ../shared/data, composed configs shrunk for CPU, a per-test MLflow store,
+fresh PostgreSQL databases."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -16,6 +19,15 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# screenshots and service logs worth keeping after a run (git-ignored)
+TEST_ARTIFACTS = Path(os.environ.get("COVERS_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip a test whose tool or service is missing; in CI (``CI=true``), where everything must be there, fail."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
 
 
 def _shared(name: str) -> Path:
@@ -90,3 +102,64 @@ def run_sweep(tmp_path: Path, cache_dir: Path, *overrides: str, timeout: int = 6
     )
     assert proc.returncode == 0, f"sweep failed:\n{proc.stderr[-6000:]}"
     return proc
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """``COVERS_TEST_POSTGRES``: a PostgreSQL URL whose role may create databases (``.ci/run`` starts one)."""
+    url = os.environ.get("COVERS_TEST_POSTGRES")
+    if not url:
+        skip_or_fail("COVERS_TEST_POSTGRES is not set (e.g. postgresql://covers:covers@127.0.0.1:5432/covers)")
+    try:
+        import psycopg2
+    except ImportError:
+        skip_or_fail("psycopg2 is not installed (pip install -e '.[dev]')")
+    try:
+        psycopg2.connect(_libpq_url(url)).close()
+    except psycopg2.OperationalError as e:
+        pytest.fail(f"COVERS_TEST_POSTGRES={_libpq_url(url, hide_password=True)} does not answer: {e}")
+    return url
+
+
+def _libpq_url(url: str, database: str | None = None, hide_password: bool = False) -> str:
+    """A SQLAlchemy/libpq PostgreSQL URL as libpq reads it (no ``+driver``), optionally for another database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    if database:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=hide_password)
+
+
+def _admin(url: str, statement: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(_libpq_url(url))
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def create_postgres_db(postgres_server: str) -> Iterator[Callable[[str], str]]:
+    """Factory: ``create_postgres_db("optuna")`` → the URL of a new, empty database; all are dropped afterwards."""
+    names: list[str] = []
+
+    def _create(label: str = "db") -> str:
+        name = f"covers_test_{label}_{uuid.uuid4().hex[:10]}"
+        _admin(postgres_server, f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return _libpq_url(postgres_server, name)
+
+    yield _create
+    for name in names:
+        _admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(create_postgres_db: Callable[[str], str]) -> str:
+    """A fresh PostgreSQL database for this test (dropped afterwards), as a ``postgresql://`` URL."""
+    return create_postgres_db("db")
