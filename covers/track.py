@@ -108,7 +108,9 @@ def start_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED, FAILED (traceback logged as ``error/traceback.txt``) or KILLED
     (Ctrl-C, or one of the ``stopped`` exceptions such as a pruned trial, whose message becomes tag ``stopped``)."""
-    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags or {}))
+    # tag values as strings: a tracking server's REST API rejects other types (a local SQLite store converts them)
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield run
