@@ -95,10 +95,17 @@ def sweep_cmd(tmp_path: Path, cache_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
-def run_sweep(tmp_path: Path, cache_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a sweep to completion; on failure show its stderr."""
+def run_sweep(
+    tmp_path: Path, cache_dir: Path, *overrides: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a sweep to completion (with extra environment variables ``env``); on failure show its stderr."""
     proc = subprocess.run(
-        sweep_cmd(tmp_path, cache_dir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        sweep_cmd(tmp_path, cache_dir, *overrides),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, f"sweep failed:\n{proc.stderr[-6000:]}"
     return proc
@@ -111,12 +118,12 @@ def postgres_server() -> str:
     if not url:
         skip_or_fail("COVERS_TEST_POSTGRES is not set (e.g. postgresql://covers:covers@127.0.0.1:5432/covers)")
     try:
-        import psycopg2
+        import psycopg
     except ImportError:
-        skip_or_fail("psycopg2 is not installed (pip install -e '.[dev]')")
+        skip_or_fail("psycopg is not installed (pip install -e '.[dev]')")
     try:
-        psycopg2.connect(_libpq_url(url)).close()
-    except psycopg2.OperationalError as e:
+        psycopg.connect(_libpq_url(url)).close()
+    except psycopg.OperationalError as e:
         pytest.fail(f"COVERS_TEST_POSTGRES={_libpq_url(url, hide_password=True)} does not answer: {e}")
     return url
 
@@ -132,15 +139,11 @@ def _libpq_url(url: str, database: str | None = None, hide_password: bool = Fals
 
 
 def _admin(url: str, statement: str) -> None:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(_libpq_url(url))
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+    # autocommit: CREATE/DROP DATABASE cannot run in a transaction
+    with psycopg.connect(_libpq_url(url), autocommit=True) as conn:
+        conn.execute(statement)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -82,6 +83,8 @@ def _stop_group(proc: subprocess.Popen) -> None:
 def mlflow_server_cmd(backend_uri: str, artifacts: Path, port: int) -> list[str]:
     """``mlflow server`` on the loopback port: one worker, artifacts proxied into the folder ``artifacts``."""
     return [
+        sys.executable,
+        "-m",
         "mlflow",
         "server",
         "--backend-store-uri",
