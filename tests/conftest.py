@@ -138,12 +138,13 @@ def _libpq_url(url: str, database: str | None = None, hide_password: bool = Fals
     return parsed.render_as_string(hide_password=hide_password)
 
 
-def _admin(url: str, statement: str) -> None:
+def postgres_execute(url: str, statement: str) -> list[tuple]:
+    """Run one SQL statement on the database at ``url`` (autocommit, so CREATE DATABASE works); its rows, if any."""
     import psycopg
 
-    # autocommit: CREATE/DROP DATABASE cannot run in a transaction
     with psycopg.connect(_libpq_url(url), autocommit=True) as conn:
-        conn.execute(statement)
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture
@@ -153,13 +154,13 @@ def create_postgres_db(postgres_server: str) -> Iterator[Callable[[str], str]]:
 
     def _create(label: str = "db") -> str:
         name = f"covers_test_{label}_{uuid.uuid4().hex[:10]}"
-        _admin(postgres_server, f'CREATE DATABASE "{name}"')
+        postgres_execute(postgres_server, f'CREATE DATABASE "{name}"')
         names.append(name)
         return _libpq_url(postgres_server, name)
 
     yield _create
     for name in names:
-        _admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_execute(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

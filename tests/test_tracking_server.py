@@ -7,11 +7,10 @@ from pathlib import Path
 
 import mlflow
 import optuna
-import psycopg
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import run_sweep
+from tests.conftest import postgres_execute, run_sweep
 from tests.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -53,8 +52,7 @@ def test_sweep_logs_to_tracking_server_and_postgres_study(tmp_path, cache_dir, c
             assert "storage: ${oc.env:COVERS_OPTUNA_STORAGE}" in hydra_yaml and "covers:covers@" not in hydra_yaml
 
     # the runs live in the server's PostgreSQL database, the files in its artifact root, nothing in local stores
-    with psycopg.connect(backend) as conn:
-        stored = {row[0] for row in conn.execute("SELECT run_uuid FROM runs")}
+    stored = {row[0] for row in postgres_execute(backend, "SELECT run_uuid FROM runs")}
     assert stored == {r.info.run_id for r in [parent, *trials]}
     assert len(list(artifacts.rglob("learning_curves.png"))) == TRIALS
     assert not list(tmp_path.glob("mlruns/*.db"))
