@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
+from covers.sweep.storage import create_storage
 from tests.conftest import ROOT, run_sweep, sweep_cmd
 
 
@@ -150,9 +151,10 @@ def test_interrupted_sweep_resumes(tmp_path, cache_dir):
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_two_workers_share_one_study(tmp_path, cache_dir, storage):
-    url = f"sqlite:///{tmp_path}/shared.db" if storage == "sqlite" else f"journal:///{tmp_path}/shared.log"
+@pytest.mark.parametrize("storage", ["sqlite", "journal", "postgresql"])
+def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
+    urls = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:///{tmp_path}/shared.log"}
+    url = urls[storage] if storage in urls else request.getfixturevalue("postgres_url")
     cmd = sweep_cmd(
         tmp_path,
         cache_dir,
@@ -172,11 +174,7 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage):
     for p in procs:
         _, err = p.communicate(timeout=500)
         assert p.returncode == 0, err[-4000:]
-    storage_obj = (
-        url
-        if storage == "sqlite"
-        else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:///")))
-    )
+    storage_obj = create_storage(url)
     study, _, parents, children = load(tmp_path, "shared", storage_obj)
     trials = counted(study.trials)
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from covers.sweep import budget
 from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
-from covers.sweep.storage import create_storage, normalise_storage_url
+from covers.sweep.storage import normalise_storage_url, open_storage
 from covers.track import sqlite_init_lock
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class OptunaSweeperImpl(Sweeper):
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
         with sqlite_init_lock(self.storage_url):  # workers starting together on a fresh file
-            storage = create_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
+            storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=storage,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from covers.track import resolve_sqlite_uri
+
+log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:///"
 
@@ -43,3 +49,17 @@ def create_storage(
             "failed_trial_callback": failed_trial_callback,
         }
     return RDBStorage(url, **kwargs)
+
+
+def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseStorage | None:
+    """:func:`create_storage`, retried: workers starting together on a fresh database race to create its schema
+    (the loser sees a duplicate-object error once, then finds the tables made)."""
+    for attempt in range(attempts):
+        try:
+            return create_storage(url, *args, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if attempt == attempts - 1:
+                raise
+            log.info("storage not ready (%s); retrying", type(e).__name__)
+            time.sleep(0.5 + random.random())
+    return None
