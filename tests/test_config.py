@@ -77,3 +77,25 @@ def test_sweeper_plugin_is_discovered():
 
     names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]
     assert "CoversOptunaSweeper" in names
+
+
+HYDRA_GROUPS = {
+    g: sorted(p.stem for p in (CONF / "hydra" / "sweeper" / g).glob("*.yaml")) for g in ("sampler", "pruner")
+}
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in HYDRA_GROUPS.items() for o in opts])
+def test_sweeper_samplers_and_pruners_instantiate(group, option):
+    import optuna
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/sweeper/{group}={option}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    obj = instantiate(cfg.hydra.sweeper[group])
+    if option == "grid":
+        obj = obj(search_space={"x": [1, 2]})
+    base = optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner
+    assert isinstance(obj, base)
