@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,3 +38,20 @@ def create_cross_entropy(label_smoothing: float = 0.0, weight: Sequence[float] |
     """Cross-entropy with optional label smoothing and per-class weights."""
     w = torch.tensor(list(weight), dtype=torch.float32) if weight else None
     return nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
+    """scikit-learn's ``balanced`` weights from train labels: ``N / (C * count_c)`` (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = np.divide(len(labels), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return [float(w) for w in weights]
+
+
+def resolve_class_weights(loss_cfg: Mapping[str, Any], labels: np.ndarray, num_classes: int) -> dict[str, list]:
+    """Arguments replacing ``weight: balanced`` (cross-entropy) or ``alpha: balanced`` (focal) by per-class
+    weights from the train labels; empty when neither is set to ``balanced``."""
+    return {
+        key: balanced_class_weights(labels, num_classes)
+        for key in ("weight", "alpha")
+        if loss_cfg.get(key) == "balanced"
+    }

@@ -47,6 +47,11 @@ class DataBundle:
     def counts(self) -> dict[str, int]:
         return {s: int((self.manifest["split"] == s).sum()) for s in SPLITS}
 
+    def subset(self, keep: np.ndarray) -> DataBundle:
+        """The same bundle restricted to the rows where ``keep`` is true (classes unchanged)."""
+        manifest = self.manifest[keep].reset_index(drop=True)
+        return DataBundle(self.source, self.manifest_path, manifest, self.classes, self.images[keep], self.labels[keep])
+
 
 def source_fingerprint(source: Path) -> str:
     """Cheap identity of a source directory: names, sizes and mtimes of its archives and files."""
