@@ -144,15 +144,15 @@ def find_lr(
     model: nn.Module,
     loader: DataLoader,
     loss_fn: nn.Module,
-    make_optimizer: Callable[[nn.Module, float], Optimizer],
+    make_optimizer: Callable[..., Optimizer],
     rt: Runtime,
     settings: dict,
 ) -> LRFindResult:
-    """:func:`lr_range_test` with a fresh optimiser from ``make_optimizer(model, lr)`` and ``settings`` (the
+    """:func:`lr_range_test` with a fresh optimiser from ``make_optimizer(model, lr=...)`` and ``settings`` (the
     ``lr_find`` config: ``start_lr``, ``end_lr``, ``num_steps``, ``beta``, ``diverge``)."""
     keys = ("start_lr", "end_lr", "num_steps", "beta", "diverge")
     args = {k: settings[k] for k in keys if k in settings}
-    optimizer = make_optimizer(model, float(args.get("start_lr", 1e-7)))
+    optimizer = make_optimizer(model, lr=float(args.get("start_lr", 1e-7)))
     return lr_range_test(model, loader, loss_fn, optimizer, rt, **args)
 
 
