@@ -12,14 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from covers.data.loaders import create_loader
 from covers.data.subsample import fraction_mask, imbalance_mask, long_tail_counts, train_counts
 from covers.losses import balanced_class_weights
 from covers.lr_find import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
+from covers.report import curve_name, curve_points, plot_curve
+from covers.sweep.search_space import grid_choices, parse_params
 from covers.task import build_training, load_data, train
 from covers.train import create_runtime
-from tests.conftest import ROOT, run_sweep
+from tests.conftest import CONF, ROOT, run_sweep
 
 TINY = ("data.image_size=32", "data.demo.per_class=20", "trainer.epochs=1")
 
@@ -173,3 +178,54 @@ def test_validation_curve_sweep_and_report(tmp_path, cache_dir):
     for row in points.itertuples():
         assert row.val_acc_mean == pytest.approx(by_lr[row._1]["best_val_acc"])
         assert row.train_acc_mean == pytest.approx(by_lr[row._1]["train_acc_at_best"])
+
+
+PRESETS = [
+    ("lr_curve", "optim.lr", 6),
+    ("epochs_curve", "trainer.epochs", 6),
+    ("gamma_curve", "loss.gamma", 6),
+    ("frozen_curve", "freeze.n_frozen", 5),
+    ("loss_curve", "loss", 4),
+    ("learning_curve", "data.train_fraction", 6),
+    ("imbalance", "data.sampler", 6),
+]
+
+
+@pytest.mark.parametrize(("preset", "key", "grid"), PRESETS)
+@pytest.mark.parametrize("seeds", [None, "choice(1,2,3)"])
+def test_curve_presets_are_grids_with_a_seed_option(preset, key, grid, seeds):
+    overrides = [f"hparams_search={preset}"] + ([f"curve.seeds='{seeds}'"] if seeds else [])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.sampler._target_ == "optuna.samplers.GridSampler" and sweeper.pruner._target_.endswith("NopPruner")
+    distributions, fixed = parse_params(OmegaConf.to_container(sweeper.params, resolve=True))
+    assert key in distributions
+    sizes = [len(grid_choices(d, k)) for k, d in distributions.items()]
+    assert math.prod(sizes) == grid * (3 if seeds else 1)
+    assert ("seed" in distributions) == bool(seeds) and ("seed" in fixed) != bool(seeds)
+
+
+def test_curve_points_average_repeats_and_name_the_learning_curve():
+    frame = pd.DataFrame(
+        {
+            "run_id": list("abcd"),
+            "data.train_fraction": [0.5, 0.5, 1.0, 1.0],
+            "n_train": [50, 50, 100, 100],
+            "val_acc": [0.4, 0.6, 0.7, 0.7],
+            "train_acc": [0.9, 1.0, 0.8, 0.8],
+            "val_balanced_acc": [0.3, 0.5, 0.7, 0.7],
+        }
+    )
+    points = curve_points(frame, ["data.train_fraction"])
+    assert list(points["n_train_mean"]) == [50, 100] and list(points["n_runs"]) == [2, 2]
+    assert points["val_acc_mean"].tolist() == pytest.approx([0.5, 0.7])
+    assert points["val_acc_std"].tolist() == pytest.approx([math.sqrt(0.02), 0.0])
+    assert points["run_ids"].tolist() == ["a b", "c d"]
+    assert curve_name(["data.train_fraction"]) == "learning_curve"
+    assert curve_name(["loss", "data.sampler"]) == "validation_curve_loss+data.sampler"
+    fig = plot_curve(points, "n_train_mean", ["data.train_fraction"])
+    assert fig.axes[0].get_xlabel() == "training images"
+    assert list(fig.axes[0].lines[0].get_xdata()) == [50, 100]
