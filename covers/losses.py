@@ -22,7 +22,7 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         self.reduction = reduction
-        self.register_buffer("alpha", torch.tensor(list(alpha), dtype=torch.float32) if alpha else None)
+        self.register_buffer("alpha", _weight_tensor(alpha, "alpha"))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
@@ -36,8 +36,13 @@ class FocalLoss(nn.Module):
 
 def create_cross_entropy(label_smoothing: float = 0.0, weight: Sequence[float] | None = None) -> nn.Module:
     """Cross-entropy with optional label smoothing and per-class weights."""
-    w = torch.tensor(list(weight), dtype=torch.float32) if weight else None
-    return nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(weight=_weight_tensor(weight, "weight"), label_smoothing=label_smoothing)
+
+
+def _weight_tensor(weight: Sequence[float] | str | None, name: str) -> torch.Tensor | None:
+    if isinstance(weight, str):
+        raise ValueError(f"loss.{name}={weight!r} needs the train labels: pass resolve_class_weights(...) first")
+    return torch.tensor(list(weight), dtype=torch.float32) if weight else None
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
