@@ -210,6 +210,8 @@ def build_training(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any], rt:
     """Model (with frozen groups), loss (``balanced`` class weights from the train split) and the loaders."""
     model = instantiate(cfg.model, num_classes=len(bundle.classes))
     instantiate(cfg.freeze)(model)
+    if cfg.trainer.get("compile"):  # main's trainer.compile option (kept here for the merge)
+        model.compile()  # in place: state-dict keys stay those of the plain model
     train_images, train_labels = bundle.split("train")
     loss_fn = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, train_labels, len(bundle.classes)))
     train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
