@@ -64,6 +64,20 @@ def sweep_section(client: MlflowClient, exp_id: str, sweep: str, figures: Path, 
     return "\n".join(lines)
 
 
+def baseline_section(client: MlflowClient, exp_id: str) -> list[str]:
+    """The latest finished kNN baseline run of the experiment (tag ``model.kind=knn``), if any."""
+    query = "tags.`model.kind` = 'knn' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return ["No kNN baseline run yet (`python experiments/run.py model=knn`)."]
+    run = runs[0]
+    p, m = run.data.params, run.data.metrics
+    return [
+        f"kNN baseline run `{run.info.run_id}` (k={p.get('model.k')}, {p.get('model.weighting')}, "
+        f"{p.get('data.n_train')} training images): val_acc {m.get('best_val_acc', math.nan):.3f}."
+    ]
+
+
 def write_results(
     tracking_uri: str, experiment: str, sweeps: list[str], out: str | Path, model_name: str = "covers-genre"
 ) -> Path:
@@ -81,6 +95,7 @@ def write_results(
         "",
     ]
     parts += [sweep_section(client, exp_id, s, figures, figures.name) for s in sweeps]
+    parts += ["## kNN baseline", "", *baseline_section(client, exp_id), ""]
     champion = registry.alias_version(client, model_name, "champion")
     parts += ["## Champion", ""]
     if champion is None:

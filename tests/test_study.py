@@ -21,6 +21,7 @@ from covers.data.subsample import fraction_mask, imbalance_mask, long_tail_count
 from covers.losses import balanced_class_weights
 from covers.lr_find import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
 from covers.report import curve_name, curve_points, plot_curve
+from covers.results import write_results
 from covers.sweep.search_space import grid_choices, parse_params
 from covers.task import build_training, load_data, train
 from covers.train import create_runtime
@@ -178,6 +179,12 @@ def test_validation_curve_sweep_and_report(tmp_path, cache_dir):
     for row in points.itertuples():
         assert row.val_acc_mean == pytest.approx(by_lr[row._1]["best_val_acc"])
         assert row.train_acc_mean == pytest.approx(by_lr[row._1]["train_acc_at_best"])
+
+    doc = write_results(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "covers", ["vc3"], tmp_path / "docs" / "results.md")
+    text = doc.read_text()
+    assert parent.info.run_id in text and all(r.info.run_id in text for r in children)
+    assert (tmp_path / "docs" / "results" / "vc3_validation_curve_optim.lr.png").stat().st_size > 1000
+    assert "No kNN baseline run yet" in text and "not measured here" in text
 
 
 PRESETS = [
