@@ -94,7 +94,7 @@ def plot_curve(points: pd.DataFrame, x: str, keys: list[str], title: str = "") -
         ax.errorbar(xs, mean, yerr=std, fmt=style, capsize=4, label=metric.replace("_", " "))
         if numeric:
             ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
-    if numeric and xs.min() > 0 and xs.max() / xs.min() >= 30:
+    if numeric and xs.min() > 0 and (x.endswith("lr") or xs.max() / xs.min() >= 100):
         ax.set_xscale("log")
     if not numeric:
         labels = [", ".join(f"{k}={row[k]}" for k in keys) for _, row in points.iterrows()]

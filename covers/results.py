@@ -24,9 +24,11 @@ def _fmt(mean: float, std: float) -> str:
     return "–" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
-def points_table(points: pd.DataFrame, keys: list[str]) -> str:
-    """Markdown table of a report's points: swept values, runs, accuracies (mean ± std), run ids."""
-    recalls = sorted(c.removesuffix("_mean") for c in points if c.startswith("recall.") and c.endswith("_mean"))
+def points_table(points: pd.DataFrame, keys: list[str], per_class: bool = False) -> str:
+    """Markdown table of a report's points: swept values, runs, accuracies (mean ± std), per-class validation
+    recall (``per_class``), run ids."""
+    recall_cols = (c.removesuffix("_mean") for c in points if c.startswith("recall.") and c.endswith("_mean"))
+    recalls = sorted(recall_cols) if per_class else []
     head = [*keys, "n train", "runs", "val acc", "train acc", "val balanced acc", *recalls, "MLflow run ids"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, p in points.iterrows():
@@ -55,7 +57,7 @@ def sweep_section(client: MlflowClient, exp_id: str, sweep: str, figures: Path, 
         "",
         f"![{out['name']}]({rel}/{target.name})",
         "",
-        points_table(out["points"], out["keys"]),
+        points_table(out["points"], out["keys"], per_class=params.get("data.imbalance", "None") != "None"),
         "",
         f"Best trial: run `{best.info.run_id}` ({best.info.run_name}), best_val_acc {m['best_val_acc']:.3f}"
         + (f", test_acc {m['test_acc']:.3f} (promoted)" if "test_acc" in m else ", not promoted"),
@@ -109,7 +111,7 @@ def write_results(
         "",
         "## The original study (for comparison; its data set differs)",
         "",
-        f"Reported there: {ORIGINAL_STUDY}.",
+        f"Reported there, not measured here: {ORIGINAL_STUDY}.",
     ]
     out.write_text("\n".join(parts) + "\n")
     log.info("wrote %s (%d sweeps)", out, len(sweeps))
