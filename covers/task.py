@@ -89,7 +89,8 @@ def load_data(cfg: DictConfig) -> tuple[DataBundle, dict[str, Any]]:
     )
     fraction, imbalance = d.get("train_fraction", 1.0), d.get("imbalance")
     if fraction < 1 or (imbalance or 1) > 1:  # study experiments: a smaller or long-tailed train split
-        bundle = bundle.subset(reshape_train(bundle.manifest, fraction, imbalance, d.split_seed))
+        keep = reshape_train(bundle.manifest, fraction, imbalance, d.split_seed)
+        bundle = bundle.subset(keep, Path(cfg.paths.cache_dir) / "manifests")
     return bundle, inp
 
 

@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from covers.data.loaders import create_loader
+from covers.data.split import content_hash, read_manifest
 from covers.data.subsample import fraction_mask, imbalance_mask, long_tail_counts, train_counts
 from covers.losses import balanced_class_weights
 from covers.lr_find import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
@@ -49,6 +50,8 @@ def test_train_fraction_halves_train_and_keeps_proportions(make_cfg):
     assert train_counts(half.manifest) == {c: n // 2 for c, n in train_counts(full.manifest).items()}
     for split in ("val", "test"):
         assert np.array_equal(half.split(split)[1], full.split(split)[1])
+    assert half.manifest_path != full.manifest_path  # the run logs (and promote reloads) exactly these rows
+    assert content_hash(read_manifest(half.manifest_path)) == half.manifest_hash
     members = set(half.manifest.loc[half.manifest["split"] == "train", "member"])
     assert members <= set(full.manifest["member"])
     # uneven classes keep their proportions; seeded
