@@ -66,18 +66,21 @@ def sweep_section(client: MlflowClient, exp_id: str, sweep: str, figures: Path, 
     return "\n".join(lines)
 
 
-def baseline_section(client: MlflowClient, exp_id: str) -> list[str]:
-    """The latest finished kNN baseline run of the experiment (tag ``model.kind=knn``), if any."""
+def baseline_section(client: MlflowClient, exp_id: str, limit: int = 5) -> list[str]:
+    """The latest finished kNN baseline runs of the experiment (tag ``model.kind=knn``), one line each."""
     query = "tags.`model.kind` = 'knn' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=limit)
     if not runs:
         return ["No kNN baseline run yet (`python experiments/run.py model=knn`)."]
-    run = runs[0]
-    p, m = run.data.params, run.data.metrics
-    return [
-        f"kNN baseline run `{run.info.run_id}` (k={p.get('model.k')}, {p.get('model.weighting')}, "
-        f"{p.get('data.n_train')} training images): val_acc {m.get('best_val_acc', math.nan):.3f}."
-    ]
+    lines = []
+    for run in runs:
+        p, m = run.data.params, run.data.metrics
+        lines.append(
+            f"- run `{run.info.run_id}`: `{p.get('data.source')}` at {p.get('data.resolved_image_size')} px, "
+            f"{p.get('data.n_train')} training images, k={p.get('model.k')} ({p.get('model.weighting')}): "
+            f"val_acc {m.get('best_val_acc', math.nan):.3f}"
+        )
+    return lines
 
 
 def write_results(
