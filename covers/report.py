@@ -91,7 +91,8 @@ def plot_curve(points: pd.DataFrame, x: str, keys: list[str], title: str = "") -
         mean, std = points[f"{metric}_mean"].to_numpy(float), points[f"{metric}_std"].to_numpy(float)
         if np.isnan(mean).all():
             continue
-        ax.errorbar(xs, mean, yerr=std, fmt=style, capsize=4, label=metric.replace("_", " "))
+        fmt = style if numeric else style[0]  # categories: markers only, no line between them
+        ax.errorbar(xs, mean, yerr=std, fmt=fmt, capsize=4, label=metric.replace("_", " "))
         if numeric:
             ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
     if numeric and xs.min() > 0 and (x.endswith("lr") or xs.max() / xs.min() >= 100):
@@ -99,7 +100,7 @@ def plot_curve(points: pd.DataFrame, x: str, keys: list[str], title: str = "") -
     if not numeric:
         labels = [", ".join(f"{k}={row[k]}" for k in keys) for _, row in points.iterrows()]
         ax.set_xticks(xs, labels, rotation=20, ha="right")
-    ax.set_xlabel("training images" if x == "n_train_mean" else x)
+    ax.set_xlabel("training images" if x == "n_train_mean" else x if numeric else " × ".join(keys))
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
