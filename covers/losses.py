@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +22,7 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         self.reduction = reduction
-        self.register_buffer("alpha", torch.tensor(list(alpha), dtype=torch.float32) if alpha else None)
+        self.register_buffer("alpha", _weight_tensor(alpha, "alpha"))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
@@ -34,5 +36,27 @@ class FocalLoss(nn.Module):
 
 def create_cross_entropy(label_smoothing: float = 0.0, weight: Sequence[float] | None = None) -> nn.Module:
     """Cross-entropy with optional label smoothing and per-class weights."""
-    w = torch.tensor(list(weight), dtype=torch.float32) if weight else None
-    return nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(weight=_weight_tensor(weight, "weight"), label_smoothing=label_smoothing)
+
+
+def _weight_tensor(weight: Sequence[float] | str | None, name: str) -> torch.Tensor | None:
+    if isinstance(weight, str):
+        raise ValueError(f"loss.{name}={weight!r} needs the train labels: pass resolve_class_weights(...) first")
+    return torch.tensor(list(weight), dtype=torch.float32) if weight else None
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
+    """scikit-learn's ``balanced`` weights from train labels: ``N / (C * count_c)`` (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = np.divide(len(labels), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return [float(w) for w in weights]
+
+
+def resolve_class_weights(loss_cfg: Mapping[str, Any], labels: np.ndarray, num_classes: int) -> dict[str, list]:
+    """Arguments replacing ``weight: balanced`` (cross-entropy) or ``alpha: balanced`` (focal) by per-class
+    weights from the train labels; empty when neither is set to ``balanced``."""
+    return {
+        key: balanced_class_weights(labels, num_classes)
+        for key in ("weight", "alpha")
+        if loss_cfg.get(key) == "balanced"
+    }

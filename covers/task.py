@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 import numpy as np
@@ -24,10 +24,13 @@ from covers import track
 from covers.augment import create_eval_transform
 from covers.data import DataBundle, prepare_data
 from covers.data.loaders import create_loader
+from covers.data.subsample import reshape_train
+from covers.evaluate import classification_metrics
+from covers.losses import resolve_class_weights
 from covers.optim import create_scheduler
 from covers.plots import plot_confusion_matrix, plot_learning_curves
 from covers.sweep.link import TrialReporter, reporter_for
-from covers.train import FitResult, create_runtime, fit
+from covers.train import FitResult, Runtime, create_runtime, fit
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def intra_op_threads(threads: int | None) -> int:
 def run_name(cfg: DictConfig) -> str:
     """People-readable run name: ``trial-7 lr=3.2e-03 ep=4 γ=2.0 frozen=3``."""
     parts = [f"trial-{cfg.trial.number}" if cfg.trial.number is not None else cfg.model.name]
-    parts.append(f"lr={cfg.optim.lr:.1e}")
+    parts.append(f"lr={cfg.optim.lr:.1e}" if cfg.optim.lr != "auto" else "lr=auto")
     parts.append(f"ep={cfg.trainer.epochs}")
     if "gamma" in cfg.loss:
         parts.append(f"γ={cfg.loss.gamma:.2g}")
@@ -86,6 +89,10 @@ def load_data(cfg: DictConfig) -> tuple[DataBundle, dict[str, Any]]:
         limits=instantiate(cfg.audit.limits) if "audit" in cfg else None,
         rules=instantiate(cfg.audit.duplicates) if "audit" in cfg else None,
     )
+    fraction, imbalance = d.get("train_fraction", 1.0), d.get("imbalance")
+    if fraction < 1 or (imbalance or 1) > 1:  # study experiments: a smaller or long-tailed train split
+        keep = reshape_train(bundle.manifest, fraction, imbalance, d.split_seed)
+        bundle = bundle.subset(keep, Path(cfg.paths.cache_dir) / "manifests")
     return bundle, inp
 
 
@@ -103,6 +110,8 @@ def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> 
             **{f"data.n_{k}": v for k, v in counts.items()},
         }
     )
+    if HydraConfig.initialized():  # the chosen option of every config group (``loss=focal``), for reports
+        params.update({f"choice.{k}": v for k, v in HydraConfig.get().runtime.choices.items() if "/" not in k})
     track.log_params(params)
     files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)}
     output_dir = Path(cfg.paths.output_dir)
@@ -122,6 +131,12 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
             "epochs_completed": len(result.history),
         }
     )
+    if result.history:
+        mlflow.log_metric("train_acc_at_best", result.history[result.best_epoch]["train_acc"])
+    if result.best_val_pred is not None:  # balanced accuracy, macro F1 and per-class recall at the best epoch
+        metrics, _, _ = classification_metrics(result.val_target, result.best_val_pred, bundle.classes, "best_val_")
+        keep = ("best_val_balanced_acc", "best_val_macro_f1", "best_val_recall.")
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
     mlflow.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
     if result.best_val_pred is not None:
         fig = plot_confusion_matrix(
@@ -185,26 +200,57 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     }
 
 
+class Training(NamedTuple):
+    """What one training run is built from (shared by training and the lr finder)."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    train_loader: Any
+    val_loader: Any
+
+
+def build_training(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any], rt: Runtime) -> Training:
+    """Model (with frozen groups), loss (``balanced`` class weights from the train split) and the loaders."""
+    model = instantiate(cfg.model, num_classes=len(bundle.classes))
+    instantiate(cfg.freeze)(model)
+    if cfg.trainer.get("compile"):
+        model.compile()  # in place: state-dict keys stay those of the plain model
+    train_images, train_labels = bundle.split("train")
+    loss_fn = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, train_labels, len(bundle.classes)))
+    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
+    eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
+    d, pin = cfg.data, rt.device.type == "cuda"
+    sampler = d.get("sampler") or "shuffle"
+    train_loader = create_loader(
+        train_images, train_labels, train_tf, d.batch_size, True, d.num_workers, pin, cfg.seed, sampler
+    )
+    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, d.num_workers, pin)
+    return Training(model, loss_fn, train_loader, val_loader)
+
+
+def resolve_lr(cfg: DictConfig, parts: Training, rt: Runtime) -> float:
+    """``optim.lr``, or with ``optim.lr=auto`` the lr finder's suggestion (logged as param ``optim.lr_found``)."""
+    if cfg.optim.lr != "auto":
+        return float(cfg.optim.lr)
+    from covers.lr_find import find_lr, log_lr_find
+
+    make_optimizer = instantiate(cfg.optim.optimizer)
+    result = find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, rt, cfg.lr_find)
+    return log_lr_find(result, cfg.lr_find.suggestion)
+
+
 def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
     rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
     bundle, inp = load_data(cfg)
     log.info("data: %d classes, %s, manifest %s", len(bundle.classes), bundle.counts(), bundle.manifest_path)
     log_run_record(cfg, bundle, inp)
 
-    model = instantiate(cfg.model, num_classes=len(bundle.classes))
-    instantiate(cfg.freeze)(model)
-    if cfg.trainer.get("compile"):
-        model.compile()  # in place: state-dict keys stay those of the plain model
-    loss_fn = instantiate(cfg.loss)
-    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
-    eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
-    d = cfg.data
-    pin = rt.device.type == "cuda"
-    train_loader = create_loader(*bundle.split("train"), train_tf, d.batch_size, True, d.num_workers, pin, cfg.seed)
-    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, d.num_workers, pin)
-    optimizer = instantiate(cfg.optim.optimizer)(model, lr=cfg.optim.lr)
+    parts = build_training(cfg, bundle, inp, rt)
+    model, loss_fn, train_loader, val_loader = parts
+    lr = resolve_lr(cfg, parts, rt)
+    optimizer = instantiate(cfg.optim.optimizer)(model, lr=lr)
     steps = cfg.trainer.epochs * len(train_loader)
-    scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, cfg.optim.lr, cfg.optim.warmup_pct)
+    scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, lr, cfg.optim.warmup_pct)
 
     def epoch_end(epoch: int, metrics: dict) -> None:
         mlflow.log_metrics(metrics, step=epoch)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -52,7 +53,8 @@ def create_runtime(device: str = "auto", precision: str = "auto", channels_last:
     return Runtime(dev, amp, dev.type == "cuda" if channels_last is None else channels_last)
 
 
-def _to(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """A batch on the runtime's device (channels_last for images when the runtime asks for it)."""
     x = x.to(rt.device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
@@ -72,7 +74,7 @@ def train_one_epoch(
     total_loss, correct, seen = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
-        x, y = _to(x, rt), y.to(rt.device, non_blocking=True)
+        x, y = to_device(x, rt), y.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -103,18 +105,20 @@ def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarr
     logits, targets = [], []
     for x, y in loader:
         with rt.autocast():
-            logits.append(model(_to(x, rt)).float().cpu())
+            logits.append(model(to_device(x, rt)).float().cpu())
         targets.append(y)
     return torch.cat(logits).numpy(), torch.cat(targets).numpy()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, rt: Runtime) -> dict:
-    """``{"loss", "acc", "pred", "target"}`` on ``loader`` with the model in eval mode."""
+    """``{"loss", "acc", "balanced_acc", "pred", "target"}`` on ``loader`` with the model in eval mode."""
     logits, target = predict(model, loader, rt)
     loss = loss_fn.to("cpu")(torch.from_numpy(logits), torch.from_numpy(target)).item()
     loss_fn.to(rt.device)
     pred = logits.argmax(1)
-    return {"loss": loss, "acc": float((pred == target).mean()), "pred": pred, "target": target}
+    balanced = float(balanced_accuracy_score(target, pred)) if len(target) else float("nan")
+    acc = float((pred == target).mean())
+    return {"loss": loss, "acc": acc, "balanced_acc": balanced, "pred": pred, "target": target}
 
 
 @dataclass
@@ -143,9 +147,9 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``.
 
-    ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``lr`` and ``epoch_time_s``.
-    A callback may raise to stop early (pruning): pass your own ``result`` to keep what was reached.
-    Best-epoch weights stay on the CPU."""
+    ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``val_balanced_acc``, ``lr`` and
+    ``epoch_time_s``. A callback may raise to stop early (pruning): pass your own ``result`` to keep what was
+    reached. Best-epoch weights stay on the CPU."""
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -163,6 +167,7 @@ def fit(
             "train_acc": tr["acc"],
             "val_loss": va["loss"],
             "val_acc": va["acc"],
+            "val_balanced_acc": va["balanced_acc"],
             "lr": tr["lr"],
             "epoch_time_s": time.perf_counter() - start,
         }

@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from covers.losses import resolve_class_weights
 from tests.conftest import CONF, ROOT
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
@@ -28,7 +30,8 @@ def test_group_option_composes(make_cfg, group, option):
 
 @pytest.mark.parametrize("option", GROUPS["loss"])
 def test_losses_instantiate(make_cfg, option):
-    loss = instantiate(make_cfg(f"loss={option}").loss)
+    cfg = make_cfg(f"loss={option}")
+    loss = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, np.array([0, 0, 1, 2]), 3))
     value = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
     assert torch.isfinite(value)
 

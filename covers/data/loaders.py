@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+SAMPLERS = ("shuffle", "balanced")
 
 
 class ArrayDataset(Dataset):
@@ -22,6 +24,14 @@ class ArrayDataset(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
+def create_balanced_sampler(labels: np.ndarray, seed: int = 0) -> WeightedRandomSampler:
+    """Draws each class equally often: sample weight ``1 / count(class)``, with replacement, one epoch = N draws."""
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), True, generator)
+
+
 def create_loader(
     images: np.ndarray,
     labels: np.ndarray,
@@ -31,13 +41,18 @@ def create_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     seed: int = 0,
+    sampler: str = "shuffle",
 ) -> DataLoader:
-    """A DataLoader: shuffled (seeded) for training, in order otherwise."""
+    """A DataLoader: for training shuffled (seeded) or class-balanced (``sampler="balanced"``), else in order."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"data.sampler={sampler!r}; choose one of {SAMPLERS}")
+    balanced = train and sampler == "balanced"
     generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(
         ArrayDataset(images, labels, transform),
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and not balanced,
+        sampler=create_balanced_sampler(labels, seed) if balanced else None,
         drop_last=train and len(labels) > batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -47,6 +47,15 @@ class DataBundle:
     def counts(self) -> dict[str, int]:
         return {s: int((self.manifest["split"] == s).sum()) for s in SPLITS}
 
+    def subset(self, keep: np.ndarray, manifest_dir: str | Path) -> DataBundle:
+        """The bundle restricted to the rows where ``keep`` is true (classes unchanged), its manifest written to
+        ``manifest_dir`` (named by content hash) so the run logs, and ``promote`` reloads, exactly these rows."""
+        manifest = self.manifest[keep].reset_index(drop=True)
+        path = Path(manifest_dir) / f"{self.manifest_path.stem}-subset-{content_hash(manifest)}.csv"
+        if not path.exists():
+            write_manifest(manifest, path)
+        return DataBundle(self.source, path, manifest, self.classes, self.images[keep], self.labels[keep])
+
 
 def source_fingerprint(source: Path) -> str:
     """Cheap identity of a source directory: names, sizes and mtimes of its archives and files."""
