@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import signal
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -213,7 +214,9 @@ class OptunaSweeperImpl(Sweeper):
         """The next trial to run (a waiting retry first), or None when the study's budget is spent."""
         if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
             return None
-        trial = study.ask(fixed_distributions=distributions)
+        with warnings.catch_warnings():  # heartbeats are recorded by this sweeper, not by Study.optimize
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = study.ask(fixed_distributions=distributions)
         ranks = sorted(t.number for t in budget.counted(study.get_trials(deepcopy=False)))
         if trial.number not in ranks[:n_trials]:  # another worker took the last slot at the same moment
             trial.set_user_attr(budget.OVER_BUDGET, True)

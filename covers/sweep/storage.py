@@ -46,7 +46,7 @@ def create_storage(
         kwargs = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period,
-            "failed_trial_callback": failed_trial_callback,
+            "heartbeat_stale_trial_callback": failed_trial_callback,
         }
     return RDBStorage(url, **kwargs)
 
