@@ -128,7 +128,11 @@ def test_interrupted_sweep_resumes(tmp_path, cache_dir):
         "hydra/sweeper/pruner=none",
         "trainer.epochs=5",
     )
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell that runs jobs in the background (CI) starts them with SIGINT ignored: give Ctrl-C back its default
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint
+    )
     # interrupt in the middle of a training: a trial after the first, with at least one epoch reported
     _wait_for(lambda: _mid_training(tmp_path / "mlruns" / "optuna.db", "resume"), 300)
     proc.send_signal(signal.SIGINT)
