@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from covers import registry
-from covers.report import report_sweep
+from covers.report import REPEAT_KEYS, report_sweep, runs_frame, swept_keys, trial_runs
 from covers.track import setup_tracking
 
 log = logging.getLogger(__name__)
@@ -40,36 +42,113 @@ def points_table(points: pd.DataFrame, keys: list[str], per_class: bool = False)
     return "\n".join(lines)
 
 
+def _copy_artifact(client: MlflowClient, run_id: str, path: str, figures: Path, stem: str) -> Path | None:
+    """Download ``path`` of a run into ``figures`` as ``<stem>_<file name>``; ``None`` if the run lacks it."""
+    folder, _, name = path.rpartition("/")
+    if name not in {Path(a.path).name for a in client.list_artifacts(run_id, folder or None)}:
+        return None
+    local = Path(client.download_artifacts(run_id, path, str(figures)))
+    target = figures / f"{stem}_{local.name}"
+    local.replace(target)
+    return target
+
+
+def _best_line(best: Run) -> str:
+    m = best.data.metrics
+    return f"Best trial: run `{best.info.run_id}` ({best.info.run_name}), best_val_acc {m['best_val_acc']:.3f}" + (
+        f", test_acc {m['test_acc']:.3f} (promoted)" if "test_acc" in m else ", not promoted"
+    )
+
+
+def _space(text: str) -> str:
+    """An Optuna distribution's repr as logged (``FloatDistribution(high=0.03, log=True, low=0.0001, step=None)``)
+    in the sweeper's own terms: ``log [0.0001, 0.03]``, ``[0, 4] step 1``, ``choice (1, 2)``."""
+    fields = dict(re.findall(r"(\w+)=(\([^)]*\)|[^,)]+)", text))
+    if "choices" in fields:
+        return f"choice {fields['choices']}"
+    out = f"[{fields.get('low')}, {fields.get('high')}]"
+    if fields.get("log") == "True":
+        out = f"log {out}"
+    step = fields.get("step", "None")
+    return out if step in ("None", "1") else f"{out} step {step}"
+
+
+def _data_line(best: Run) -> str:
+    p = best.data.params
+    source = p.get("data.source")
+    where = f"`{source}`, " if source not in (None, "None") else ""
+    return (
+        f"data `{p.get('data.name')}` ({where}{p.get('data.resolved_image_size')} px, "
+        f"{p.get('data.n_train')} train / {p.get('data.n_val')} val / {p.get('data.n_test')} test images), "
+        f"model `{p.get('model.name')}`"
+    )
+
+
 def sweep_section(client: MlflowClient, exp_id: str, sweep: str, figures: Path, rel: str) -> str:
-    """One sweep: its curve (logged to the parent run and copied to ``figures``), table and best trial."""
+    """One sweep: a grid (validation or learning curve) gets its curve and table of points, any other sampler
+    (a search) its history, importances and best trials; both end with the best trial (and its test accuracy)."""
     parent = registry.find_sweep(client, exp_id, sweep)
-    out = report_sweep(client, parent)
-    local = client.download_artifacts(parent.info.run_id, out["figure_path"], str(figures))
-    target = figures / f"{sweep}_{Path(local).name}"
-    Path(local).replace(target)
     best = registry.best_trial(client, parent)
-    m, params = best.data.metrics, best.data.params
-    data = f"data `{params.get('data.name')}` (`{params.get('data.source')}`), model `{params.get('model.name')}`"
+    if parent.data.params.get("sweeper.sampler", "GridSampler") != "GridSampler":
+        return search_section(client, parent, best, sweep, figures, rel)
+    out = report_sweep(client, parent)
+    target = _copy_artifact(client, parent.info.run_id, out["figure_path"], figures, sweep)
+    per_class = best.data.params.get("data.imbalance", "None") != "None"
     lines = [
         f"## {sweep}",
         "",
-        f"Parent run `{parent.info.run_id}`, {len(out['runs'])} finished trials; {data}.",
+        f"Parent run `{parent.info.run_id}`, {len(out['runs'])} finished trials; {_data_line(best)}.",
         "",
         f"![{out['name']}]({rel}/{target.name})",
         "",
-        points_table(out["points"], out["keys"], per_class=params.get("data.imbalance", "None") != "None"),
+        points_table(out["points"], out["keys"], per_class=per_class),
         "",
-        f"Best trial: run `{best.info.run_id}` ({best.info.run_name}), best_val_acc {m['best_val_acc']:.3f}"
-        + (f", test_acc {m['test_acc']:.3f} (promoted)" if "test_acc" in m else ", not promoted"),
+        _best_line(best),
         "",
     ]
     return "\n".join(lines)
 
 
+def search_section(client: MlflowClient, parent: Run, best: Run, sweep: str, figures: Path, rel: str) -> str:
+    """A search sweep: trial counts, the top trials with their parameters, Optuna's importances and plots."""
+    keys = [k for k in swept_keys(parent) if k not in REPEAT_KEYS]
+    frame = runs_frame(trial_runs(client, parent), keys).sort_values("val_acc", ascending=False)
+    m = parent.data.metrics
+    counts = ", ".join(f"{int(m[f'trials_{s}'])} {s}" for s in ("complete", "pruned", "fail") if f"trials_{s}" in m)
+    sampler, pruner = parent.data.params.get("sweeper.sampler"), parent.data.params.get("sweeper.pruner")
+    lines = [f"## {sweep}", "", f"Parent run `{parent.info.run_id}`: {sampler}, {pruner}; trials {counts}."]
+    lines += ["", f"Best trial's {_data_line(best)}.", ""]
+    lines += [
+        "Search space: " + ", ".join(f"`{k}` {_space(parent.data.params[f'search.{k}'])}" for k in keys) + ".",
+        "",
+    ]
+    head = [*keys, "val acc", "train acc", "MLflow run id"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in frame.head(8).iterrows():
+        values = [f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append(
+            "| " + " | ".join([*values, f"{row.val_acc:.3f}", f"{row.train_acc:.3f}", f"`{row.run_id}`"]) + " |"
+        )
+    importances = {k.removeprefix("importance."): v for k, v in m.items() if k.startswith("importance.")}
+    if importances:
+        ranked = sorted(importances.items(), key=lambda kv: -kv[1])
+        lines += ["", "Parameter importances (Optuna, fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in ranked)]
+    for plot in ("optimization_history", "param_importances"):
+        target = _copy_artifact(client, parent.info.run_id, f"sweep/{plot}.png", figures, sweep)
+        if target is not None:
+            lines += ["", f"![{plot}]({rel}/{target.name})"]
+    lines += ["", f"Top {min(8, len(frame))} of {len(frame)} finished trials above.", "", _best_line(best), ""]
+    return "\n".join(lines)
+
+
+def _latest(client: MlflowClient, exp_id: str, kind_query: str, limit: int) -> list[Run]:
+    query = f"{kind_query} and attributes.status = 'FINISHED'"
+    return client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=limit)
+
+
 def baseline_section(client: MlflowClient, exp_id: str, limit: int = 5) -> list[str]:
     """The latest finished kNN baseline runs of the experiment (tag ``model.kind=knn``), one line each."""
-    query = "tags.`model.kind` = 'knn' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=limit)
+    runs = _latest(client, exp_id, "tags.`model.kind` = 'knn'", limit)
     if not runs:
         return ["No kNN baseline run yet (`python experiments/run.py model=knn`)."]
     lines = []
@@ -83,39 +162,78 @@ def baseline_section(client: MlflowClient, exp_id: str, limit: int = 5) -> list[
     return lines
 
 
-def write_results(
-    tracking_uri: str, experiment: str, sweeps: list[str], out: str | Path, model_name: str = "covers-genre"
-) -> Path:
+def lr_find_section(client: MlflowClient, exp_id: str, figures: Path, rel: str, limit: int = 3) -> list[str]:
+    """The latest lr finder runs (tag ``covers.kind=lr_find``): their suggestions and plot."""
+    runs = _latest(client, exp_id, "tags.`covers.kind` = 'lr_find'", limit)
+    if not runs:
+        return ["No lr finder run yet (`python experiments/lr_find.py`)."]
+    lines = []
+    for run in runs:
+        m = run.data.metrics
+        found = ", ".join(
+            f"{k.removeprefix('lr_find.')} {v:.2e}" for k, v in sorted(m.items()) if k.startswith("lr_find.")
+        )
+        lines += [f"- run `{run.info.run_id}`: {_data_line(run)}; suggestions: {found}"]
+        target = _copy_artifact(client, run.info.run_id, "plots/lr_find.png", figures, f"lr_find_{run.info.run_id[:8]}")
+        if target is not None:
+            lines += ["", f"  ![lr finder]({rel}/{target.name})", ""]
+    return lines
+
+
+def champion_section(client: MlflowClient, alias: str = "champion") -> list[str]:
+    """Every registered model's version holding ``alias`` with its test accuracy (set by ``promote``)."""
+    lines = []
+    for model in client.search_registered_models():
+        version = registry.alias_version(client, model.name, alias)
+        if version is not None:
+            acc = version.tags.get("test_acc", "–")
+            lines.append(
+                f"- `{model.name}@{alias}`: version {version.version} (run `{version.run_id}`), test_acc {acc}"
+            )
+    return lines or [f"No model holds `@{alias}` yet (run `python experiments/promote.py`)."]
+
+
+def summary_table(client: MlflowClient, exp_id: str, sweeps: list[str]) -> list[str]:
+    """One row per sweep: data, finished trials, the best trial's validation (and, once promoted, test) accuracy."""
+    lines = ["| sweep | data | image px | train images | best val acc | test acc | best run |", "|" + "---|" * 7]
+    for sweep in sweeps:
+        parent = registry.find_sweep(client, exp_id, sweep)
+        best = registry.best_trial(client, parent)
+        p, m = best.data.params, best.data.metrics
+        test = f"{m['test_acc']:.3f}" if "test_acc" in m else "–"
+        src = p.get("data.source")
+        source = Path(src).name if src not in (None, "None") else p.get("data.name")
+        cells = [sweep, source, p.get("data.resolved_image_size"), p.get("data.n_train"), f"{m['best_val_acc']:.3f}"]
+        lines.append("| " + " | ".join(str(c) for c in [*cells, test, f"`{best.info.run_id}`"]) + " |")
+    return lines
+
+
+def write_results(tracking_uri: str, experiment: str, sweeps: list[str], out: str | Path) -> Path:
     """Write ``out`` (markdown) and its figures (``<out stem>/``) from the named sweeps of ``experiment``."""
     exp_id = setup_tracking(tracking_uri, experiment)
     client = MlflowClient()
     out = Path(out)
     figures = out.parent / out.stem
     figures.mkdir(parents=True, exist_ok=True)
+    rel = figures.name
+    command = f'python experiments/report.py "sweeps=[{",".join(sweeps)}]" out={out}'
     parts = [
         "# Results",
         "",
-        'Generated by `python experiments/report.py "sweeps=[...]" out=docs/results.md` from the MLflow store '
-        f"`{tracking_uri}`, experiment `{experiment}`; every number below comes from the listed runs.",
+        f"Generated by `{command}` from the MLflow store `{tracking_uri}`, experiment `{experiment}` (the runs: "
+        "`bash experiments/study.sh`). Every number below comes from a run whose MLflow run id is listed.",
+        "",
+        "## Summary",
+        "",
+        *summary_table(client, exp_id, sweeps),
         "",
     ]
-    parts += [sweep_section(client, exp_id, s, figures, figures.name) for s in sweeps]
+    parts += [sweep_section(client, exp_id, s, figures, rel) for s in sweeps]
     parts += ["## kNN baseline", "", *baseline_section(client, exp_id), ""]
-    champion = registry.alias_version(client, model_name, "champion")
-    parts += ["## Champion", ""]
-    if champion is None:
-        parts.append(f"No `{model_name}@champion` in the registry yet (run `python experiments/promote.py`).")
-    else:
-        parts.append(
-            f"`{model_name}` version {champion.version} (run `{champion.run_id}`): test_acc "
-            f"{champion.tags.get('test_acc', '–')}."
-        )
-    parts += [
-        "",
-        "## The original study (for comparison; its data set differs)",
-        "",
-        f"Reported there, not measured here: {ORIGINAL_STUDY}.",
-    ]
+    parts += ["## LR finder", "", *lr_find_section(client, exp_id, figures, rel), ""]
+    parts += ["## Champions", "", *champion_section(client), ""]
+    parts += ["## The original study (for comparison; its data set differs)", ""]
+    parts += [f"Reported there, not measured here: {ORIGINAL_STUDY}."]
     out.write_text("\n".join(parts) + "\n")
     log.info("wrote %s (%d sweeps)", out, len(sweeps))
     return out

@@ -187,7 +187,7 @@ def test_validation_curve_sweep_and_report(tmp_path, cache_dir):
     text = doc.read_text()
     assert parent.info.run_id in text and all(r.info.run_id in text for r in children)
     assert (tmp_path / "docs" / "results" / "vc3_validation_curve_optim.lr.png").stat().st_size > 1000
-    assert "No kNN baseline run yet" in text and "not measured here" in text
+    assert "No kNN baseline run yet" in text and "not measured here" in text and "No model holds" in text
 
 
 PRESETS = [

@@ -9,6 +9,7 @@ import mlflow
 import optuna
 import pytest
 
+from covers.results import write_results
 from covers.sweep.search_space import SearchSpaceError, parse_params
 from tests.conftest import ROOT, run_sweep
 
@@ -53,6 +54,13 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
         study.best_trial.number
     )
     assert any(k.startswith("importance.") for k in parent.data.metrics)
+
+    # a search (not a grid) in the results document: trials with their params, importances, Optuna's plots
+    doc = write_results(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "covers", ["t3"], tmp_path / "docs" / "results.md")
+    text = doc.read_text()
+    assert "TPESampler" in text and "Parameter importances" in text and "3 complete" in text
+    assert all(f"`{r.info.run_id}`" in text for r in children) and "| t3 | demo | 64 |" in text
+    assert (tmp_path / "docs" / "results" / "t3_optimization_history.png").stat().st_size > 1000
 
 
 def test_bad_search_space_fails_before_any_trial(tmp_path, cache_dir):
