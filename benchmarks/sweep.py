@@ -1,10 +1,10 @@
-"""Sweeps: per-trial start-up vs one epoch, pruning vs none, one worker vs two.
+"""Sweeps: per-trial start-up vs one epoch of the default config, pruning vs none, one worker vs two.
 
     python -m benchmarks.sweep --source ../shared/data/cifar10-covers    # full (a few minutes per sweep)
     python -m benchmarks.sweep --smoke                                    # tiny demo sweeps, correctness only
 
 Every sweep is a real `python experiments/run.py -m` in a subprocess, read back from its Optuna storage and
-MLflow store. Start-up per trial = trial duration (Optuna) - the epochs' own time (MLflow `epoch_time_s`)."""
+MLflow store; :func:`phases` splits each trial's time outside its epochs by the stores' timestamps."""
 
 from __future__ import annotations
 
@@ -35,8 +35,55 @@ def subset(source: Path, per_class: int, out: Path) -> Path:
     return out
 
 
+def phases(study: optuna.Study, client: mlflow.MlflowClient, sequential: bool) -> dict[str, float]:
+    """Where a trial's time goes outside its epochs, from the stores' own clocks (Optuna's trial start/complete,
+    MLflow's metric timestamps; an epoch's metrics are logged as it ends, ``epoch_time_s`` gives its start):
+
+    - start-up: trial asked -> first epoch starts (Hydra job: config composition and output folder; data; model
+      with weights; MLflow run, params and config artifacts; pruning link to the trial);
+    - wrap-up: last epoch ends -> trial told (final metrics, learning-curve and confusion-matrix plots, best-epoch
+      weights; Hydra job end);
+    - between epochs: metric logging, pruning report, best-weights copy;
+    - between trials (one worker only): previous trial told -> next trial asked (sweeper: summary on the
+      parent run, failure and budget checks, sampling)."""
+    trials = sorted(
+        (t for t in study.trials if t.user_attrs.get("mlflow_run_id") and t.datetime_complete is not None),
+        key=lambda t: t.datetime_start,
+    )
+    rows, previous_end = [], None
+    for t in trials:
+        hist = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "epoch_time_s"), key=lambda m: m.step)
+        if not hist:
+            continue
+        start, end = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
+        ends = [m.timestamp / 1000 for m in hist]
+        rows.append(
+            {
+                "startup": ends[0] - hist[0].value - start,
+                "wrapup": end - ends[-1],
+                "between_epochs": [ends[i] - hist[i].value - ends[i - 1] for i in range(1, len(hist))],
+                "between_trials": start - previous_end if sequential and previous_end is not None else None,
+                "epochs": [m.value for m in hist],
+            }
+        )
+        previous_end = end
+    warm = rows[1:] or rows
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {
+        "first_trial_startup_s": rows[0]["startup"] if rows else float("nan"),
+        "warm_trial_startup_s": mean([r["startup"] for r in warm]),
+        "wrapup_s": mean([r["wrapup"] for r in rows]),
+        "between_epochs_s": mean([g for r in rows for g in r["between_epochs"]]),
+        "between_trials_s": mean([r["between_trials"] for r in rows if r["between_trials"] is not None]),
+        "mean_epoch_s": mean([e for r in rows for e in r["epochs"]]),
+    }
+
+
 def sweep(root: Path, name: str, data: list[str], *overrides: str) -> dict:
-    """Run one sweep; return wall time, trial-epochs, best value and per-trial start-up figures."""
+    """Run one sweep; return wall time, trial-epochs, best value and the per-trial time outside the epochs."""
     cmd = [
         sys.executable,
         "experiments/run.py",
@@ -53,72 +100,55 @@ def sweep(root: Path, name: str, data: list[str], *overrides: str) -> dict:
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{root}/mlruns/optuna.db")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db")
-    startups, epochs = [], []
-    for t in study.trials:
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if not run_id or t.datetime_complete is None:
-            continue
-        epoch_s = [m.value for m in client.get_metric_history(run_id, "epoch_time_s")]
-        epochs += epoch_s
-        startups.append((t.datetime_complete - t.datetime_start).total_seconds() - sum(epoch_s))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    return {
+    row = {
         "sweep": name,
         "wall_s": wall,
         "trials": len(study.trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
         "trial_epochs": sum(len(t.intermediate_values) for t in done),
         "best_val_acc": study.best_value,
-        "first_trial_startup_s": startups[0] if startups else float("nan"),
-        "warm_trial_startup_s": sum(startups[1:]) / max(1, len(startups) - 1),
-        "mean_epoch_s": sum(epochs) / max(1, len(epochs)),
+        **phases(study, client, sequential="hydra.sweeper.n_jobs=2" not in overrides),
     }
+    row["startup_per_epoch"] = row["warm_trial_startup_s"] / row["mean_epoch_s"]
+    return row
 
 
 def run(source: Path | None = None, per_class: int = 100, n_trials: int = 8, epochs: int = 4, smoke: bool = False):
-    """Three sweeps with the same budget: no pruning, median pruning, and two workers without pruning."""
+    """The default configuration's per-trial overhead (demo data, 64 px, default model), then three sweeps with
+    the same budget on ``source`` (or the demo data): no pruning, median pruning, two workers without pruning."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if smoke:
+            n_trials, epochs = 2, 2
+        search = ["hydra/sweeper/sampler=random", "optim.lr=tag(log, interval(1e-5, 3e-2))"]
+        rows = []
+        if not smoke:  # the default config: only the epochs and the trial count fixed, the default search space
+            default = [f"hydra.sweeper.n_trials={n_trials}", f"trainer.epochs=choice({epochs})"]
+            rows.append(sweep(tmp / "d", "default_config", [], *default, *search, "hydra/sweeper/pruner=none"))
         if smoke or source is None:
             data = ["data.image_size=32", "data.demo.per_class=20"]
-            n_trials, epochs = (2, 1) if smoke else (n_trials, epochs)
         else:
             data = ["data=archives", f"data.source={subset(source, per_class, tmp / 'data')}", "data.image_size=32"]
-        common = [
-            f"hydra.sweeper.n_trials={n_trials}",
-            f"trainer.epochs={epochs}",
-            "hydra/sweeper/sampler=random",
-            "optim.lr=tag(log, interval(1e-5, 3e-2))",
-        ]
-        rows = [
-            sweep(tmp / "a", "no_pruning", data, *common, "hydra/sweeper/pruner=none"),
-            sweep(
-                tmp / "b",
-                "median_pruning",
-                data,
-                *common,
-                "hydra/sweeper/pruner=median",
-                "hydra.sweeper.pruner.n_startup_trials=2",
-                "hydra.sweeper.pruner.n_warmup_steps=0",
-            ),
-        ]
+        common = [f"hydra.sweeper.n_trials={n_trials}", f"trainer.epochs={epochs}", *search]
+        full = sweep(tmp / "a", "no_pruning", data, *common, "hydra/sweeper/pruner=none")
+        pruned = sweep(
+            tmp / "b",
+            "median_pruning",
+            data,
+            *common,
+            "hydra/sweeper/pruner=median",
+            "hydra.sweeper.pruner.n_startup_trials=2",
+            "hydra.sweeper.pruner.n_warmup_steps=0",
+        )
+        rows += [full, pruned]
         if not smoke:
-            rows.append(
-                sweep(
-                    tmp / "c",
-                    "two_workers",
-                    data,
-                    *common,
-                    "hydra/sweeper/pruner=none",
-                    "hydra/launcher=joblib",
-                    "hydra.sweeper.n_jobs=2",
-                )
-            )
-    for row in rows:
-        row["startup_per_epoch"] = row["warm_trial_startup_s"] / row["mean_epoch_s"]
-    ratios = {"trial_epochs_pruned_over_full": rows[1]["trial_epochs"] / rows[0]["trial_epochs"]}
-    if len(rows) > 2:
-        ratios["wall_two_workers_over_one"] = rows[2]["wall_s"] / rows[0]["wall_s"]
+            workers = ["hydra/sweeper/pruner=none", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+            rows.append(sweep(tmp / "c", "two_workers", data, *common, *workers))
+    ratios = {"trial_epochs_pruned_over_full": pruned["trial_epochs"] / full["trial_epochs"]}
+    if not smoke:
+        ratios["wall_two_workers_over_one"] = rows[-1]["wall_s"] / full["wall_s"]
+        ratios["default_config_startup_per_epoch"] = rows[0]["startup_per_epoch"]
     return {"machine": machine(), "n_trials": n_trials, "epochs": epochs, "rows": rows, "ratios": ratios}
 
 

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import balanced_accuracy_score, log_loss
 
-from covers import knn
+from covers import knn, track
 from covers.data import DataBundle
 from covers.embed import create_backbone
 from covers.plots import plot_confusion_matrix
@@ -144,13 +144,10 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         log_run_record(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _UNUSED_GROUPS]), bundle, inp)
         metrics, pred = evaluate_knn(model, vectors[split == "val"], val_labels)
         log.info("kNN %s", " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        mlflow.log_metrics(metrics, step=0)
-        for callback in (reporter, on_epoch_end):
-            if callback is not None:
-                callback(0, metrics)
+        track.epoch_logger(reporter, on_epoch_end)(0, metrics)
         mlflow.log_metrics({"best_val_acc": metrics["val_acc"], "best_epoch": 1, "epochs_completed": 1})
         fig = plot_confusion_matrix(val_labels, pred, bundle.classes, f"validation, {knn_run_name(cfg)}")
-        mlflow.log_figure(fig, "plots/val_confusion_matrix.png")
+        track.log_figure(fig, "plots/val_confusion_matrix.png")
         if cfg.tracking.log_model:  # the backbone is pretrained: its spec is enough, promotion saves weights
             meta = {
                 **model.meta,
@@ -162,8 +159,5 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
             meta.pop("gallery", None)
             mlflow.log_dict(meta, "model/meta.json")
         run_id = run.info.run_id
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
     best, loss = metrics["val_acc"], metrics["val_loss"]
     return {"best_val_acc": best, "run_id": run_id, "history": [metrics], "val_loss_at_best": loss}

@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from covers import track
 from covers.train import Runtime, to_device
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,7 @@ def log_lr_find(result: LRFindResult, suggestion: str = "valley") -> float:
     mlflow.set_tag("lr_found", f"{lr:.3g} ({suggestion})")
     curve = pd.DataFrame({"lr": result.lrs, "loss": result.losses, "smoothed": result.smoothed})
     mlflow.log_text(curve.to_csv(index=False), "lr_find/curve.csv")
-    mlflow.log_figure(plot_lr_find(result, f"lr finder: {suggestion} {lr:.2e}"), "plots/lr_find.png")
-    plt.close("all")
+    track.log_figure(plot_lr_find(result, f"lr finder: {suggestion} {lr:.2e}"), "plots/lr_find.png")
     log.info("lr finder chose %s lr %.3g", suggestion, lr)
     return lr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -106,6 +107,13 @@ def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], origin: str
         raise WeightsUnavailableError(f"no tensor of {origin} matches the model")
 
 
+@functools.lru_cache(maxsize=2)
+def _package_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The package's ImageNet state dict, read once per process (a sweep builds the model for every trial);
+    loading copies the values into the model, so the cached tensors are never changed."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -135,7 +143,7 @@ def create_model(
     model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
     if weights == "package":
         path = package_weights_path(name)
-        source = torch.load(path, map_location="cpu", weights_only=True)
+        source = _package_state_dict(path)
         model.load_state_dict(map_state_dict_in_order(model, source))
         log.info("loaded ImageNet weights for %s from %s", name, path)
     model.reset_classifier(num_classes)

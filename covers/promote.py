@@ -14,7 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import yaml
@@ -79,8 +78,7 @@ def evaluate_on_test(client: MlflowClient, run_id: str, model: CoverModel, bundl
     client.log_text(run_id, per_class.to_csv(index=False), "test/per_class.csv")
     client.log_text(run_id, table.to_csv(index=False), "test/predictions.csv")
     fig = plot_confusion_matrix(target, pred, model.classes, f"test split ({len(table)} covers)")
-    client.log_figure(run_id, fig, "plots/test_confusion_matrix.png")
-    plt.close(fig)
+    track.log_figure(fig, "plots/test_confusion_matrix.png", run_id, client)
     client.set_tag(run_id, "test.manifest_hash", bundle.manifest_hash)
     log.info("test split of manifest %s (%d covers):\n%s", bundle.manifest_hash, len(table), report)
     return metrics["test_acc"]

@@ -133,19 +133,14 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
     )
     if result.history:
         mlflow.log_metric("train_acc_at_best", result.history[result.best_epoch]["train_acc"])
+    track.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
     if result.best_val_pred is not None:  # balanced accuracy, macro F1 and per-class recall at the best epoch
         metrics, _, _ = classification_metrics(result.val_target, result.best_val_pred, bundle.classes, "best_val_")
         keep = ("best_val_balanced_acc", "best_val_macro_f1", "best_val_recall.")
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
-    mlflow.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
-    if result.best_val_pred is not None:
-        fig = plot_confusion_matrix(
-            result.val_target,
-            result.best_val_pred,
-            bundle.classes,
-            f"validation, best epoch {result.best_epoch + 1}",
-        )
-        mlflow.log_figure(fig, "plots/val_confusion_matrix.png")
+        title = f"validation, best epoch {result.best_epoch + 1}"
+        fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
+        track.log_figure(fig, "plots/val_confusion_matrix.png")
     if with_model and cfg.tracking.log_model and result.best_state is not None:
         meta = {
             "model_name": cfg.model.name,
@@ -160,9 +155,6 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
         with track.artifact_dir("model") as tmp:
             torch.save(result.best_state, tmp / "state_dict.pt")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
 
 
 @contextmanager
@@ -252,12 +244,6 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
     steps = cfg.trainer.epochs * len(train_loader)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, lr, cfg.optim.warmup_pct)
 
-    def epoch_end(epoch: int, metrics: dict) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
-        for callback in callbacks:
-            if callback is not None:
-                callback(epoch, metrics)
-
     result = FitResult()
     try:
         fit(
@@ -269,7 +255,7 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
             scheduler,
             cfg.trainer.epochs,
             rt,
-            on_epoch_end=epoch_end,
+            on_epoch_end=track.epoch_logger(*callbacks),
             result=result,
         )
     except optuna.TrialPruned:

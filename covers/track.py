@@ -7,7 +7,7 @@ import json
 import logging
 import tempfile
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,33 @@ def start_run(
         raise
     finally:
         mlflow.end_run(status=status)
+
+
+def log_figure(fig: Any, artifact_file: str, run_id: str | None = None, client: Any = None) -> None:
+    """Log a matplotlib figure as an image artifact (to ``run_id`` through ``client``, else to the active run),
+    then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        if run_id is None:
+            mlflow.log_figure(fig, artifact_file)
+        else:
+            (client or mlflow.MlflowClient()).log_figure(run_id, fig, artifact_file)
+    finally:
+        plt.close(fig)
+
+
+def epoch_logger(*callbacks: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
+    """An ``on_epoch_end`` that logs the epoch's metrics to the active run (step = epoch), then calls each
+    callback given (the pruning reporter, a user's hook; ``None`` entries are skipped)."""
+
+    def on_epoch_end(epoch: int, metrics: dict) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        for callback in callbacks:
+            if callback is not None:
+                callback(epoch, metrics)
+
+    return on_epoch_end
 
 
 @contextmanager

@@ -165,7 +165,7 @@ class OptunaSweeperImpl(Sweeper):
             if parent:
                 from covers.sweep.summary import log_sweep_summary
 
-                log_sweep_summary(study, parent, final_status=status, plots=True)
+                log_sweep_summary(study, parent, final_status=status, final=True)
 
     def _run(self, study: optuna.Study, distributions: dict, fixed: list[str], n_trials: int, parent: str | None):
         parallel = self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher"

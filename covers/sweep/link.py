@@ -13,14 +13,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from covers.sweep.storage import create_storage
+from covers.sweep.storage import job_storage
 
 log = logging.getLogger(__name__)
 
 
 def connect_trial(study_name: str, number: int, storage: str, pruner: Any = None) -> optuna.Trial:
     """The live :class:`optuna.Trial` number ``number`` of ``study_name`` in ``storage``."""
-    store = create_storage(storage)
+    store = job_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
     trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), number)
     return optuna.Trial(study, trial_id)

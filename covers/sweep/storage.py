@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -63,3 +65,14 @@ def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseSto
             log.info("storage not ready (%s); retrying", type(e).__name__)
             time.sleep(0.5 + random.random())
     return None
+
+
+def job_storage(url: str) -> BaseStorage | None:
+    """The storage a trial's job reports to, opened once per process and URL: opening an RDB storage checks its
+    schema (~0.1 s), and a sweep runs its jobs in the sweeper's process or in reused launcher workers."""
+    return _job_storage(os.getpid(), normalise_storage_url(url))
+
+
+@functools.lru_cache(maxsize=4)
+def _job_storage(pid: int, url: str | None) -> BaseStorage | None:
+    return open_storage(url)

@@ -77,9 +77,10 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study, folder: P
 
 
 def log_sweep_summary(
-    study: optuna.Study, parent_run_id: str, final_status: str | None = None, plots: bool = False
+    study: optuna.Study, parent_run_id: str, final_status: str | None = None, final: bool = False
 ) -> None:
-    """Best value/params, trial counts, ``sweep/trials.csv``, importances; plots and end status when final."""
+    """After every trial: trial counts, best value/params, ``sweep/trials.csv``. When ``final``, also Optuna's
+    parameter importances (a fANOVA forest, too slow to refit after every trial) and plots; then the end status."""
     client = MlflowClient()
     trials = counted(study.get_trials(deepcopy=False))
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
@@ -90,14 +91,14 @@ def log_sweep_summary(
         trials_table(study).to_csv(folder / "trials.csv", index=False)
         if complete:
             _tag_best(client, parent_run_id, study)
-        if len(complete) >= 2:
+        if final and len(complete) >= 2:
             try:
                 importances = optuna.importance.get_param_importances(study)
                 for k, v in importances.items():
                     client.log_metric(parent_run_id, f"importance.{k}", float(v))
             except Exception as e:
                 log.info("parameter importances skipped: %s", e)
-        if plots and complete:
+        if final and complete:
             _log_plots(client, parent_run_id, study, folder)
         client.log_artifacts(parent_run_id, tmp, "sweep")
     if final_status:
