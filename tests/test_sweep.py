@@ -92,5 +92,8 @@ def test_params_syntax(key, text, expected):
 def test_fixed_params_and_errors():
     distributions, fixed = parse_params({"a": "3", "b": "interval(0, 1)"})
     assert fixed == {"a": "3"} and set(distributions) == {"b"}
+    # a key given twice (a preset's params:, then the command line): the last entry counts, whatever its kind
+    distributions, fixed = parse_params(["epochs=choice(1, 2)", "epochs=12", "lr=3", "lr=choice(1, 2)"])
+    assert fixed == {"epochs": "12"} and list(distributions) == ["lr"]
     with pytest.raises(SearchSpaceError, match="'lr'"):
         parse_params({"lr": "tag(log, interval(0, 1))"})

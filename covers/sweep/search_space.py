@@ -41,7 +41,8 @@ def distribution_from_override(override: Override) -> BaseDistribution | str:
 def parse_params(
     params: Mapping[str, Any] | Iterable[str],
 ) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
-    """Split ``{key: "interval(0,1)", ...}`` (or ``["key=..."]``) into distributions and fixed values.
+    """Split ``{key: "interval(0,1)", ...}`` (or ``["key=..."]``) into distributions and fixed values; for a key
+    given more than once the last entry counts.
 
     Raises :class:`SearchSpaceError` naming the offending parameter."""
     lines = [f"{k}={v}" for k, v in params.items()] if isinstance(params, Mapping) else list(params)
@@ -58,12 +59,12 @@ def parse_params(
         except Exception as e:  # Hydra's parser and Optuna's validators raise various types
             raise SearchSpaceError(f"search space for {key!r} is invalid ({line!r}): {e}") from e
         name = override.get_key_element()
+        distributions.pop(name, None)  # the last word on a key wins, as on Hydra's command line: a value fixes
+        fixed.pop(name, None)  # a ``params:`` search entry, a later sweep replaces an earlier fixed value
         if isinstance(value, BaseDistribution):
             distributions[name] = value
         else:
             fixed[name] = value
-    for name in fixed:
-        distributions.pop(name, None)
     return distributions, fixed
 
 
