@@ -227,6 +227,10 @@ def write_results(tracking_uri: str, experiment: str, sweeps: list[str], out: st
         "",
         *summary_table(client, exp_id, sweeps),
         "",
+        "Validation accuracy is that of each run's best epoch, chosen on the validation split itself, and a sweep's "
+        "best is the maximum over its runs: both read optimistic, the more so on small splits (one image of a "
+        "15-image split is 0.067). The test split is used once per model, by promotion (`test acc`).",
+        "",
     ]
     parts += [sweep_section(client, exp_id, s, figures, rel) for s in sweeps]
     parts += ["## kNN baseline", "", *baseline_section(client, exp_id), ""]

@@ -23,14 +23,19 @@ if [ "${COVERS_STUDY_SKIP_RUNS:-0}" != 1 ]; then
     hydra.sweeper.study_name=album-frozen
   run experiments/run.py -m "${A[@]}" hparams_search=loss_curve "curve.seeds='choice(1,2)'" \
     hydra.sweeper.study_name=album-loss
-  # the original study's best configuration (offline weights), three seeds
-  run experiments/run.py -m "${A[@]}" experiment=seed_best_offline data.image_size=64 hparams_search=lr_curve \
-    'optim.lr=choice(0.01)' "curve.seeds='choice(1,2,3)'" hydra.sweeper.study_name=album-seed-best
+  # the original study's best configuration (offline weights, 20 epochs), three seeds at 64 px and at its 224 px
+  # (on the command line the last value of a key counts, so these override A's image size and epochs)
+  run experiments/run.py -m "${A[@]}" experiment=seed_best_offline data.image_size=64 trainer.epochs=20 \
+    hparams_search=lr_curve 'optim.lr=choice(0.01)' "curve.seeds='choice(1,2,3)'" hydra.sweeper.study_name=album-seed-best
+  run experiments/run.py -m "${A[@]}" experiment=seed_best_offline data.image_size=224 trainer.epochs=20 \
+    hparams_search=lr_curve 'optim.lr=choice(0.01)' "curve.seeds='choice(1,2,3)'" hydra.sweeper.study_name=album-seed-best-224
   # the framework's own search (TPE + median pruning over lr, epochs, focal gamma, frozen groups), then promote
   run experiments/run.py -m "${A[@]}" 'trainer.epochs=range(4,21,4)' hydra.sweeper.n_trials=20 \
     hydra.sweeper.study_name=album-search
   run experiments/promote.py promote.study_name=album-search
+  run experiments/promote.py promote.study_name=album-seed-best-224   # takes @champion only if not worse on test
   run experiments/run.py "${A[@]}" model=knn
+  run experiments/run.py "${A[@]}" data.image_size=224 model=knn
   run experiments/lr_find.py "${A[@]}"
 
   # --- CIFAR-10 covers (5 000 images, 10 classes; a larger, cleaner benchmark of the same pipeline) ---
@@ -48,4 +53,4 @@ if [ "${COVERS_STUDY_SKIP_RUNS:-0}" != 1 ]; then
 fi
 
 run experiments/report.py out=docs/results.md \
-  "sweeps=[album-search,album-seed-best,album-lr,album-epochs,album-gamma,album-frozen,album-loss,cifar-lr,cifar-learning,cifar-imbalance,cifar-balanced]"
+  "sweeps=[album-search,album-seed-best,album-seed-best-224,album-lr,album-epochs,album-gamma,album-frozen,album-loss,cifar-lr,cifar-learning,cifar-imbalance,cifar-balanced]"
