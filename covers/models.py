@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -107,13 +109,6 @@ def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], origin: str
         raise WeightsUnavailableError(f"no tensor of {origin} matches the model")
 
 
-@functools.lru_cache(maxsize=2)
-def _package_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The package's ImageNet state dict, read once per process (a sweep builds the model for every trial);
-    loading copies the values into the model, so the cached tensors are never changed."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def create_model(
     name: str,
     num_classes: int,
@@ -126,13 +121,6 @@ def create_model(
     if weights not in WEIGHT_SOURCES:
         raise ValueError(f"model.weights={weights!r}; choose one of {WEIGHT_SOURCES}")
     log.info("instantiating model %s (weights=%s, classes=%d)", name, weights, num_classes)
-    if weights == "hub":
-        if not _hub_reachable():
-            raise WeightsUnavailableError(_offline_advice(name))
-        try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
-        except OSError as e:
-            raise WeightsUnavailableError(_offline_advice(name)) from e
     if weights == "file":
         # built with the target head: a checkpoint with the same classes keeps its head, an ImageNet one does not
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **kwargs)
@@ -140,11 +128,38 @@ def create_model(
             raise WeightsUnavailableError("model.weights=file needs model.checkpoint=/path/to/state_dict.pth")
         _load_matching(model, load_checkpoint(checkpoint), str(checkpoint))
         return model
-    model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
-    if weights == "package":
-        path = package_weights_path(name)
-        source = _package_state_dict(path)
-        model.load_state_dict(map_state_dict_in_order(model, source))
-        log.info("loaded ImageNet weights for %s from %s", name, path)
+    if weights == "none":  # a fresh random init from the seeded RNG
+        model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
+    else:  # a copy of the process's pretrained model: a sweep builds one for every trial
+        key = tuple(sorted(kwargs.items()))
+        build = _pretrained if _hashable(key) else _pretrained.__wrapped__
+        model = copy.deepcopy(build(name, weights, drop_rate, key))
     model.reset_classifier(num_classes)
+    return model
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(name: str, weights: str, drop_rate: float, kwargs: tuple) -> nn.Module:
+    """The ImageNet model from the hub or the package, built once per process. Built on a fork of the RNG, so a
+    seeded run draws the same new head whether or not the model was cached."""
+    with torch.random.fork_rng(devices=[]):
+        if weights == "hub":
+            if not _hub_reachable():
+                raise WeightsUnavailableError(_offline_advice(name))
+            try:
+                return timm.create_model(name, pretrained=True, drop_rate=drop_rate, **dict(kwargs))
+            except OSError as e:
+                raise WeightsUnavailableError(_offline_advice(name)) from e
+        model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **dict(kwargs))
+    path = package_weights_path(name)
+    model.load_state_dict(map_state_dict_in_order(model, torch.load(path, map_location="cpu", weights_only=True)))
+    log.info("loaded ImageNet weights for %s from %s", name, path)
     return model

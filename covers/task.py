@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import logging
 import math
@@ -16,6 +18,7 @@ import numpy as np
 import optuna
 import timm
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -113,13 +116,13 @@ def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> 
     if HydraConfig.initialized():  # the chosen option of every config group (``loss=focal``), for reports
         params.update({f"choice.{k}": v for k, v in HydraConfig.get().runtime.choices.items() if "/" not in k})
     track.log_params(params)
-    files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)}
+    files: dict[str, str | Path] = {"config/config.yaml": yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)}
     output_dir = Path(cfg.paths.output_dir)
     for name in ("overrides.yaml", "hydra.yaml"):
         if (output_dir / ".hydra" / name).exists():
-            files[name] = (output_dir / ".hydra" / name).read_text()
-    track.log_dict_artifacts(files, "config")
-    mlflow.log_artifact(str(bundle.manifest_path), "data")
+            files[f"config/{name}"] = output_dir / ".hydra" / name
+    files[f"data/{bundle.manifest_path.name}"] = bundle.manifest_path
+    track.log_files(files)  # one upload
 
 
 def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dict, with_model: bool = True) -> None:
@@ -170,6 +173,15 @@ def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = Non
         yield run
 
 
+@functools.cache
+def freeze_long_lived() -> None:
+    """Once per process (after its first trial): collect the garbage, then move the surviving objects (imported
+    modules, caches: ~870 000 in a sweep process) to the collector's permanent generation. Without this every full
+    collection rescans all of them, 0.3-0.9 s here every few trials, inside some trial's start-up or epoch."""
+    gc.collect()
+    gc.freeze()
+
+
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective).
 
@@ -181,8 +193,12 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     timm.utils.random_seed(cfg.seed)
     torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
     reporter = reporter_for(cfg)
-    with tracked_run(cfg, run_name(cfg), reporter) as run:
-        result = _train_tracked(cfg, [reporter, on_epoch_end])
+    try:
+        with tracked_run(cfg, run_name(cfg), reporter) as run:
+            result = _train_tracked(cfg, [reporter, on_epoch_end])
+    finally:
+        if cfg.trial.number is not None:  # a sweep's process: later trials skip rescanning what stays alive
+            freeze_long_lived()
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
         "best_val_acc": best,

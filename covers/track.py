@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -90,13 +91,16 @@ def log_params(params: Mapping[str, Any]) -> None:
     mlflow.log_params(clean)
 
 
-def log_dict_artifacts(files: Mapping[str, str | bytes], artifact_path: str) -> None:
-    """Log ``{name: content}`` as files under ``artifact_path``."""
-    with artifact_dir(artifact_path) as tmp:
+def log_files(files: Mapping[str, str | bytes | Path]) -> None:
+    """Log ``{artifact path: content}`` in one upload; a :class:`~pathlib.Path` value is copied from that file."""
+    with artifact_dir(None) as tmp:
         for name, content in files.items():
             p = tmp / name
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+            if isinstance(content, Path):
+                shutil.copyfile(content, p)
+            else:
+                p.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
 @contextmanager
@@ -162,7 +166,7 @@ def epoch_logger(*callbacks: Callable[[int, dict], None] | None) -> Callable[[in
 
 
 @contextmanager
-def artifact_dir(artifact_path: str) -> Iterator[Path]:
+def artifact_dir(artifact_path: str | None) -> Iterator[Path]:
     """A temporary folder whose contents are logged under ``artifact_path`` when the block ends."""
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp)

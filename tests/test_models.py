@@ -126,3 +126,24 @@ def test_label_smoothing_loss():
     loss = create_cross_entropy(label_smoothing=0.1)
     logits = torch.tensor([[20.0, 0.0, 0.0]])
     assert loss(logits, torch.tensor([0])) > F.cross_entropy(logits, torch.tensor([0])) + 0.1
+
+
+def test_pretrained_model_is_built_once_and_copied_with_a_seeded_head():
+    import timm
+
+    torch.manual_seed(0)
+    first = create_model("tf_efficientnet_lite0", 5, weights="package")
+    with torch.no_grad():  # changing one trial's model must not leak into the next
+        next(first.parameters()).add_(1.0)
+    torch.manual_seed(0)
+    second = create_model("tf_efficientnet_lite0", 5, weights="package")
+    source = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    imagenet = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True)
+    source.load_state_dict(map_state_dict_in_order(source, imagenet))
+    for key, value in source.state_dict().items():
+        if not key.startswith("classifier."):
+            assert torch.equal(second.state_dict()[key], value), key
+    torch.manual_seed(0)
+    third = create_model("tf_efficientnet_lite0", 5, weights="package")
+    assert torch.equal(second.classifier.weight, third.classifier.weight)  # same seed, same new head
+    assert second.classifier.out_features == 5 and second is not third

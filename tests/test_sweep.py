@@ -97,3 +97,13 @@ def test_fixed_params_and_errors():
     assert fixed == {"epochs": "12"} and list(distributions) == ["lr"]
     with pytest.raises(SearchSpaceError, match="'lr'"):
         parse_params({"lr": "tag(log, interval(0, 1))"})
+
+
+def test_trials_table_with_an_unfinished_trial():
+    # the final summary also runs when a sweep stops with its only trial still RUNNING (no duration yet)
+    from covers.sweep.summary import trials_table
+
+    study = optuna.create_study()
+    study.ask()
+    table = trials_table(study)
+    assert list(table["state"]) == ["RUNNING"] and table["duration_s"].isna().all()

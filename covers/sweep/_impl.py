@@ -165,7 +165,12 @@ class OptunaSweeperImpl(Sweeper):
             if parent:
                 from covers.sweep.summary import log_sweep_summary
 
-                log_sweep_summary(study, parent, final_status=status, final=True)
+                try:
+                    log_sweep_summary(study, parent, final_status=status, final=True)
+                except Exception:  # never hide why the sweep stopped behind a failing summary
+                    if status == "FINISHED":
+                        raise
+                    log.exception("could not write the sweep summary to the parent run %s", parent)
 
     def _run(self, study: optuna.Study, distributions: dict, fixed: list[str], n_trials: int, parent: str | None):
         parallel = self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
@@ -50,7 +51,7 @@ def trials_table(study: optuna.Study):
     """All trials: number, state, params, value, duration, MLflow run id (user attributes)."""
     df = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     if "duration" in df:
-        df["duration_s"] = df["duration"].dt.total_seconds()
+        df["duration_s"] = pd.to_timedelta(df["duration"]).dt.total_seconds()  # NaN for unfinished trials
         df = df.drop(columns=["duration"])
     return df
 
