@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
 from covers.sweep.storage import create_storage
+from covers.track import sqlite_init_lock
 from tests.conftest import ROOT, run_sweep, sweep_cmd
 
 
@@ -112,8 +113,10 @@ def _wait_for(predicate, timeout: float) -> None:
 def _mid_training(db: Path, name: str) -> bool:
     if not db.exists():
         return False
+    url = f"sqlite:///{db}"
     try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+        with sqlite_init_lock(url):  # as the sweeper does: never race it while it creates the schema
+            study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return False
     return any(t.state == TrialState.RUNNING and t.number >= 1 and t.intermediate_values for t in study.trials)
