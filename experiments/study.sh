@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The original study's experiments on the real data sets, then docs/results.md from their MLflow runs.
 #   bash experiments/study.sh [DATA_DIR]       # DATA_DIR holds album-covers/ and cifar10-covers/ (default ../shared/data)
-# About 45 min on 2 CPU cores (tf_efficientnet_lite0 with its offline ImageNet weights, 64 px). Runs go to the
+# About 50 min on 2 CPU cores (tf_efficientnet_lite0 with its offline ImageNet weights, 64 px). Runs go to the
 # default store (sqlite:///mlruns/mlflow.db, Optuna studies in mlruns/optuna.db); study names are fixed, so
 # running it again against the same store continues (and re-reports) the same studies. COVERS_STUDY_SKIP_RUNS=1
 # only regenerates the document from the runs already in the store.
