@@ -82,8 +82,11 @@ def phases(study: optuna.Study, client: mlflow.MlflowClient, sequential: bool) -
     }
 
 
-def sweep(root: Path, name: str, data: list[str], *overrides: str) -> dict:
-    """Run one sweep; return wall time, trial-epochs, best value and the per-trial time outside the epochs."""
+def sweep(root: Path, name: str, data: list[str], *overrides: str, workers: int = 1) -> dict:
+    """Run one sweep (``workers`` trials at once through the joblib launcher); return wall time, trial-epochs,
+    best value and the per-trial time outside the epochs."""
+    if workers > 1:
+        overrides = (*overrides, "hydra/launcher=joblib", f"hydra.sweeper.n_jobs={workers}")
     cmd = [
         sys.executable,
         "experiments/run.py",
@@ -108,7 +111,7 @@ def sweep(root: Path, name: str, data: list[str], *overrides: str) -> dict:
         "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
         "trial_epochs": sum(len(t.intermediate_values) for t in done),
         "best_val_acc": study.best_value,
-        **phases(study, client, sequential="hydra.sweeper.n_jobs=2" not in overrides),
+        **phases(study, client, sequential=workers == 1),
     }
     row["startup_per_epoch"] = row["warm_trial_startup_s"] / row["mean_epoch_s"]
     return row
@@ -143,8 +146,7 @@ def run(source: Path | None = None, per_class: int = 100, n_trials: int = 8, epo
         )
         rows += [full, pruned]
         if not smoke:
-            workers = ["hydra/sweeper/pruner=none", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
-            rows.append(sweep(tmp / "c", "two_workers", data, *common, *workers))
+            rows.append(sweep(tmp / "c", "two_workers", data, *common, "hydra/sweeper/pruner=none", workers=2))
     ratios = {"trial_epochs_pruned_over_full": pruned["trial_epochs"] / full["trial_epochs"]}
     if not smoke:
         ratios["wall_two_workers_over_one"] = rows[-1]["wall_s"] / full["wall_s"]

@@ -135,7 +135,6 @@ def report_sweep(client: MlflowClient, parent: Run, param: str | None = None) ->
     track.log_figure(fig, f"report/{name}.png", run_id, client)
     client.log_text(run_id, points.to_csv(index=False), f"report/{name}.csv")
     client.log_text(run_id, frame.to_csv(index=False), "report/runs.csv")
-    plt.close(fig)
     log.info("logged report/%s.png (%d points from %d runs) to run %s", name, len(points), len(runs), run_id)
     return {"name": name, "keys": keys, "points": points, "runs": frame, "figure_path": f"report/{name}.png"}
 

@@ -84,11 +84,10 @@ def _data_line(best: Run) -> str:
     )
 
 
-def sweep_section(client: MlflowClient, exp_id: str, sweep: str, figures: Path, rel: str) -> str:
-    """One sweep: a grid (validation or learning curve) gets its curve and table of points, any other sampler
-    (a search) its history, importances and best trials; both end with the best trial (and its test accuracy)."""
-    parent = registry.find_sweep(client, exp_id, sweep)
-    best = registry.best_trial(client, parent)
+def sweep_section(client: MlflowClient, sweep: str, parent: Run, best: Run, figures: Path, rel: str) -> str:
+    """One sweep (its parent run and best trial): a grid (validation or learning curve) gets its curve and table
+    of points, any other sampler (a search) its history, importances and best trials; both end with the best
+    trial (and its test accuracy)."""
     if parent.data.params.get("sweeper.sampler", "GridSampler") != "GridSampler":
         return search_section(client, parent, best, sweep, figures, rel)
     out = report_sweep(client, parent)
@@ -193,12 +192,11 @@ def champion_section(client: MlflowClient, alias: str = "champion") -> list[str]
     return lines or [f"No model holds `@{alias}` yet (run `python experiments/promote.py`)."]
 
 
-def summary_table(client: MlflowClient, exp_id: str, sweeps: list[str]) -> list[str]:
-    """One row per sweep: data, finished trials, the best trial's validation (and, once promoted, test) accuracy."""
+def summary_table(found: dict[str, tuple[Run, Run]]) -> list[str]:
+    """One row per sweep (``{name: (parent run, best trial)}``): data, the best trial's validation (and, once
+    promoted, test) accuracy."""
     lines = ["| sweep | data | image px | train images | best val acc | test acc | best run |", "|" + "---|" * 7]
-    for sweep in sweeps:
-        parent = registry.find_sweep(client, exp_id, sweep)
-        best = registry.best_trial(client, parent)
+    for sweep, (_, best) in found.items():
         p, m = best.data.params, best.data.metrics
         test = f"{m['test_acc']:.3f}" if "test_acc" in m else "–"
         src = p.get("data.source")
@@ -217,6 +215,8 @@ def write_results(tracking_uri: str, experiment: str, sweeps: list[str], out: st
     figures.mkdir(parents=True, exist_ok=True)
     rel = figures.name
     command = f'python experiments/report.py "sweeps=[{",".join(sweeps)}]" out={out}'
+    parents = {name: registry.find_sweep(client, exp_id, name) for name in sweeps}
+    found = {name: (parent, registry.best_trial(client, parent)) for name, parent in parents.items()}
     parts = [
         "# Results",
         "",
@@ -225,14 +225,14 @@ def write_results(tracking_uri: str, experiment: str, sweeps: list[str], out: st
         "",
         "## Summary",
         "",
-        *summary_table(client, exp_id, sweeps),
+        *summary_table(found),
         "",
         "Validation accuracy is that of each run's best epoch, chosen on the validation split itself, and a sweep's "
         "best is the maximum over its runs: both read optimistic, the more so on small splits (one image of a "
         "15-image split is 0.067). The test split is used once per model, by promotion (`test acc`).",
         "",
     ]
-    parts += [sweep_section(client, exp_id, s, figures, rel) for s in sweeps]
+    parts += [sweep_section(client, name, *runs, figures, rel) for name, runs in found.items()]
     parts += ["## kNN baseline", "", *baseline_section(client, exp_id), ""]
     parts += ["## LR finder", "", *lr_find_section(client, exp_id, figures, rel), ""]
     parts += ["## Champions", "", *champion_section(client), ""]
