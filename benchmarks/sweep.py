@@ -35,7 +35,7 @@ def subset(source: Path, per_class: int, out: Path) -> Path:
     return out
 
 
-def phases(study: optuna.Study, client: mlflow.MlflowClient, sequential: bool) -> dict[str, float]:
+def phases(study: optuna.Study, client: mlflow.MlflowClient, workers: int = 1) -> dict[str, float]:
     """Where a trial's time goes outside its epochs, from the stores' own clocks (Optuna's trial start/complete,
     MLflow's metric timestamps; an epoch's metrics are logged as it ends, ``epoch_time_s`` gives its start):
 
@@ -45,7 +45,10 @@ def phases(study: optuna.Study, client: mlflow.MlflowClient, sequential: bool) -
       weights; Hydra job end);
     - between epochs: metric logging, pruning report, best-weights copy;
     - between trials (one worker only): previous trial told -> next trial asked (sweeper: summary on the
-      parent run, failure and budget checks, sampling)."""
+      parent run, failure and budget checks, sampling).
+
+    Each of the ``workers`` processes starts cold (imports, decoded store, pretrained model): warm start-up is the
+    mean over the trials after the first ``workers``."""
     trials = sorted(
         (t for t in study.trials if t.user_attrs.get("mlflow_run_id") and t.datetime_complete is not None),
         key=lambda t: t.datetime_start,
@@ -62,12 +65,12 @@ def phases(study: optuna.Study, client: mlflow.MlflowClient, sequential: bool) -
                 "startup": ends[0] - hist[0].value - start,
                 "wrapup": end - ends[-1],
                 "between_epochs": [ends[i] - hist[i].value - ends[i - 1] for i in range(1, len(hist))],
-                "between_trials": start - previous_end if sequential and previous_end is not None else None,
+                "between_trials": start - previous_end if workers == 1 and previous_end is not None else None,
                 "epochs": [m.value for m in hist],
             }
         )
         previous_end = end
-    warm = rows[1:] or rows
+    warm = rows[workers:] or rows
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
@@ -111,7 +114,7 @@ def sweep(root: Path, name: str, data: list[str], *overrides: str, workers: int 
         "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
         "trial_epochs": sum(len(t.intermediate_values) for t in done),
         "best_val_acc": study.best_value,
-        **phases(study, client, sequential=workers == 1),
+        **phases(study, client, workers),
     }
     row["startup_per_epoch"] = row["warm_trial_startup_s"] / row["mean_epoch_s"]
     return row

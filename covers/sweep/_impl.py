@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from covers.sweep import budget
+from covers.sweep.compose import SweepConfigLoader
 from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
 from covers.sweep.storage import normalise_storage_url, open_storage
 from covers.track import sqlite_init_lock
@@ -74,6 +75,7 @@ class OptunaSweeperImpl(Sweeper):
         metric: str = "val_acc",
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
+        compose_cache: bool = True,
     ) -> None:
         self.sampler, self.pruner, self.direction = sampler, pruner, direction
         self.storage_url = normalise_storage_url(storage)
@@ -82,11 +84,15 @@ class OptunaSweeperImpl(Sweeper):
         self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
         self.mlflow_cfg = mlflow
+        self.compose_cache = bool(compose_cache)
         self.config: DictConfig | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        if self.compose_cache:  # trials reuse the composition they share (covers.sweep.compose)
+            loader = SweepConfigLoader(hydra_context.config_loader)
+            hydra_context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
