@@ -23,7 +23,7 @@ from covers.augment import create_eval_transform, create_train_transform
 from covers.data.loaders import create_loader
 from covers.embed import embed_batch, embed_images
 from covers.models import create_model
-from covers.train import create_runtime, train_one_epoch
+from covers.train import Runtime, create_runtime, train_one_epoch
 
 
 def _batches(n_batches: int, batch: int, size: int, classes: int, seed: int = 0):
@@ -34,24 +34,28 @@ def _batches(n_batches: int, batch: int, size: int, classes: int, seed: int = 0)
     ]
 
 
-def bare_train(model: nn.Module, batches, lr: float = 1e-3) -> float:
-    """The reference: forward, loss, backward, step over tensors in memory; returns seconds."""
+def bare_train(model: nn.Module, batches, lr: float = 1e-3, channels_last: bool = True) -> float:
+    """The reference: forward, loss, backward, step over tensors in memory, in the same memory format as covers'
+    runtime; returns seconds."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     t0 = time.perf_counter()
     for x, y in batches:
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x.contiguous(memory_format=fmt)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return time.perf_counter() - t0
 
 
-def covers_train(model: nn.Module, loader, lr: float = 1e-3) -> float:
-    """covers' ``train_one_epoch`` over ``loader``; returns seconds."""
+def covers_train(model: nn.Module, loader, lr: float = 1e-3, rt: Runtime | None = None) -> float:
+    """covers' ``train_one_epoch`` over ``loader`` (default: the CPU runtime ``fit`` uses); returns seconds."""
+    rt = rt or create_runtime("cpu", "fp32")
+    rt.place(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    rt = create_runtime("cpu", "fp32", False)
     t0 = time.perf_counter()
     train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, None, rt)
     return time.perf_counter() - t0
@@ -99,14 +103,14 @@ def run(smoke: bool = False, model_name: str = "tf_efficientnet_lite0", size: in
         )
 
     # (3) embedding extraction vs a bare forward pass
-    backbone = create_model(model_name, 0, weights="none").eval()
+    backbone = create_model(model_name, 0, weights="none").eval().to(memory_format=torch.channels_last)
     x_eval = create_eval_transform(size, (0.5,) * 3, (0.5,) * 3)
     pre = torch.stack([x_eval(image=im)["image"] for im in images])
 
     def bare_embed() -> None:
         with torch.no_grad():
             for i in range(0, n_images, 64):
-                embed_batch(backbone, pre[i : i + 64])
+                embed_batch(backbone, pre[i : i + 64].contiguous(memory_format=torch.channels_last))
 
     def covers_embed() -> None:
         embed_images(backbone, images, (0.5,) * 3, (0.5,) * 3, batch_size=64)

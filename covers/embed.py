@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from covers.augment import create_eval_transform
 from covers.data.loaders import create_loader
 from covers.models import create_model
-from covers.train import Runtime, create_runtime
+from covers.train import Runtime, create_runtime, to_device
 
 
 def create_backbone(name: str, weights: str = "package", checkpoint: str | None = None) -> nn.Module:
@@ -44,7 +44,7 @@ def map_batches(
     out = []
     for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
         with rt.autocast():
-            out.append(fn(x.to(rt.device)).float().cpu())
+            out.append(fn(to_device(x, rt)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -58,5 +58,5 @@ def embed_images(
 ) -> np.ndarray:
     """Embeddings ``(N, D)`` float32 of ``(N, S, S, 3)`` uint8 images, in batches with a progress bar."""
     rt = rt or create_runtime("auto", "fp32")
-    model.eval().to(rt.device)
+    rt.place(model.eval())
     return map_batches(lambda x: embed_batch(model, x), images, mean, std, batch_size, rt, "embed")

@@ -92,7 +92,7 @@ def lr_range_test(
     ``diverge`` × its minimum. The model's and optimiser's state are restored afterwards."""
     model_state = copy.deepcopy(model.state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
-    model.to(rt.device).train()
+    rt.place(model).train()
     loss_fn.to(rt.device)
     result, avg, best = LRFindResult(), 0.0, math.inf
     try:

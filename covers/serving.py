@@ -100,7 +100,7 @@ class CoverModel:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        self.net.eval().to(self.rt.device)
+        self.rt.place(self.net.eval())
 
     @property
     def kind(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import faiss_index, sweep, trainer
+from benchmarks import faiss_index, runtime, sweep, trainer
 
 
 def _finite(rows: list[dict]) -> bool:
@@ -16,6 +16,14 @@ def test_trainer_benchmark_smoke():
     names = [r["row"] for r in result["rows"]]
     assert names[0] == "trainer vs bare loop" and names[-1] == "embedding vs bare forward" and len(names) == 4
     assert _finite(result["rows"]) and all(r["ratio"] > 0 for r in result["rows"])
+
+
+def test_runtime_benchmark_smoke():
+    result = runtime.run(smoke=True)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["default", "contiguous", "one_thread"] and rows["default"]["train_vs_default"] == 1.0
+    assert rows["contiguous"]["embed_img_s"] > 0 and rows["one_thread"]["embed_img_s"] is None
+    assert _finite(result["rows"])
 
 
 def test_faiss_benchmark_smoke():

@@ -121,6 +121,23 @@ def test_decode_store_is_reused(tmp_path, cache_dir):
     assert second.manifest_path == first.manifest_path
 
 
+def test_bundle_is_built_once_per_process_until_its_files_change(tmp_path):
+    src = ensure_demo(tmp_path / "demo", per_class=10, size=48)
+    first = prepare_data("demo", 32, tmp_path / "c", source=str(src))
+    assert prepare_data("demo", 32, tmp_path / "c", source=str(src)) is first  # a sweep's next trial
+    assert prepare_data("demo", 48, tmp_path / "c", source=str(src)) is not first  # other settings
+    first.manifest_path.write_text(first.manifest_path.read_text())  # the manifest file rewritten
+    again = prepare_data("demo", 32, tmp_path / "c", source=str(src))
+    assert again is not first and again.manifest_hash == first.manifest_hash
+    with zipfile.ZipFile(src / "Rock.zip", "a") as zf:  # the source changed: a new manifest, not the cached one
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noise).save(buf, format="PNG")
+        zf.writestr("Rock/extra.png", buf.getvalue())
+    changed = prepare_data("demo", 32, tmp_path / "c", source=str(src))
+    assert changed is not again and len(changed.manifest) == len(first.manifest) + 1
+
+
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         prepare_data("archives", 32, tmp_path, source=str(tmp_path / "nope"))

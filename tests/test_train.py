@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import mlflow
+import timm
 import torch
 
 from covers.task import run_name, train
+from covers.train import create_runtime, to_device
 
 
 def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
@@ -45,6 +47,15 @@ def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
     state = torch.load(f"{local}/state_dict.pt", weights_only=True)
     assert meta["num_classes"] == 10 and meta["image_size"] == 32 and meta["classes"][0] == "airplane"
     assert any(k.startswith("classifier") for k in state)
+
+
+def test_channels_last_is_the_default_runtime_and_places_the_model():
+    rt = create_runtime("cpu", "fp32")
+    assert rt.channels_last and not create_runtime("cpu", "fp32", False).channels_last
+    model = rt.place(timm.create_model("resnet18", num_classes=3))
+    conv = next(p for p in model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert to_device(torch.zeros(2, 3, 8, 8), rt).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_failed_run_is_marked_failed_with_traceback(make_cfg, tmp_path):

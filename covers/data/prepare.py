@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,8 +42,8 @@ class DataBundle:
         mask = (self.manifest["split"] == name).to_numpy()
         return self.images[mask], self.labels[mask]
 
-    @property
-    def manifest_hash(self) -> str:
+    @functools.cached_property
+    def manifest_hash(self) -> str:  # bundles are not modified after creation (``subset`` makes a new one)
         return content_hash(self.manifest)
 
     def counts(self) -> dict[str, int]:
@@ -131,11 +133,30 @@ def prepare_data(
     limits: IngestLimits | None = None,
     rules: DuplicateRules | None = None,
 ) -> DataBundle:
-    """Resolve the source, its (cleaned) split manifest and the decoded images at ``image_size``."""
+    """Resolve the source, its (cleaned) split manifest and the decoded images at ``image_size``.
+
+    Built once per process for the same settings and the same state of the source and manifest files (a sweep's
+    trials share it; callers only read a bundle)."""
     cache_dir = Path(cache_dir)
     src = resolve_source(name, source, cache_dir, demo)
+    settings = [image_size, split_seed, val_fraction, test_fraction, limits and asdict(limits), rules and asdict(rules)]
+    key = json.dumps([str(src), source_fingerprint(src), str(cache_dir.resolve()), manifest, *settings], default=str)
+    if key in _BUNDLES and _BUNDLES[key][0] == _file_state(_BUNDLES[key][1].manifest_path):
+        return _BUNDLES[key][1]
     df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction, limits, rules)
     classes = sorted(df["label"].unique())
     labels = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     images = load_image_store(src, df, image_size, cache_dir)
-    return DataBundle(src, path, df, classes, images, labels)
+    bundle = DataBundle(src, path, df, classes, images, labels)
+    _BUNDLES[key] = (_file_state(path), bundle)
+    while len(_BUNDLES) > 4:
+        _BUNDLES.popitem(last=False)
+    return bundle
+
+
+_BUNDLES: OrderedDict[str, tuple[tuple, DataBundle]] = OrderedDict()
+
+
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns

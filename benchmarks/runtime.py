@@ -1,0 +1,106 @@
+"""CPU runtime settings for training and embedding, measured so the defaults are the ones that win here.
+
+    python -m benchmarks.runtime                                   # tf_efficientnet_lite0, 64 px, batch 32
+    python -m benchmarks.runtime --models resnet18:64 resnet50:224 # + default vs contiguous for other models
+    python -m benchmarks.runtime --smoke                           # a few steps, for correctness only
+
+Each row is covers' ``train_one_epoch`` over the same pre-materialised batches with one setting changed from the
+CPU default (fp32, channels_last, torch threads = cores): contiguous (NCHW) tensors, bf16 autocast, one thread
+(what each of two parallel trials gets), ``torch.compile`` (its first epoch, compilation included, reported
+apart). The default and contiguous rows also time ``embed_batch`` (inference). Best of ``repeats`` epochs after
+a warm-up epoch."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from benchmarks._timing import best_of, machine, report
+from benchmarks.trainer import _batches, covers_train
+from covers.embed import embed_batch
+from covers.models import create_model
+from covers.train import create_runtime, to_device
+
+VARIANTS = ("default", "contiguous", "bf16", "one_thread", "compile")
+
+
+def _embed_img_s(base: torch.nn.Module, batches, channels_last: bool, repeats: int) -> float:
+    rt = create_runtime("cpu", "fp32", channels_last)
+    model = rt.place(copy.deepcopy(base).eval())
+
+    @torch.no_grad()
+    def once() -> None:
+        for x, _ in batches:
+            embed_batch(model, to_device(x, rt))
+
+    once()
+    return sum(len(y) for _, y in batches) / best_of(once, repeats)
+
+
+def measure(name: str, base: torch.nn.Module, batches, repeats: int) -> dict:
+    """One variant: training images/s (best epoch after a warm-up), the warm-up epoch's time, embedding img/s."""
+    threads = torch.get_num_threads()
+    rt = create_runtime("cpu", "bf16" if name == "bf16" else "fp32", name != "contiguous")
+    model = copy.deepcopy(base)
+    if name == "compile":
+        model.compile()
+    if name == "one_thread":
+        torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        covers_train(model, batches, rt=rt)  # warm-up (and compilation)
+        first = time.perf_counter() - start
+        best = best_of(lambda: covers_train(model, batches, rt=rt), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    n = sum(len(y) for _, y in batches)
+    embed = _embed_img_s(base, batches, name == "default", repeats) if name in ("default", "contiguous") else None
+    return {"variant": name, "train_img_s": n / best, "first_epoch_s": first, "embed_img_s": embed}
+
+
+def run(
+    smoke: bool = False,
+    model_name: str = "tf_efficientnet_lite0",
+    size: int = 64,
+    batch: int = 32,
+    variants: tuple[str, ...] = VARIANTS,
+    models: tuple[str, ...] = (),
+) -> dict:
+    """Rows for every variant on the main model, then default vs contiguous for each ``name:size`` in ``models``;
+    each with its training speed relative to the default of its model."""
+    if smoke:
+        variants, models = ("default", "contiguous", "one_thread"), ()
+    rows = []
+    for spec in [f"{model_name}:{size}:{','.join(variants)}", *[f"{m}:default,contiguous" for m in models]]:
+        name, px, which = spec.split(":")
+        px = int(px)
+        large = px >= 160
+        n_batches, n, repeats = (2, 4, 1) if smoke else ((2, 16, 2) if large else (20, batch, 3))
+        base = create_model(name, 8, weights="package" if "lite" in name else "none")
+        batches = _batches(n_batches, n if large or smoke else batch, px, 8)
+        group = [{"model": name, "size": px, **measure(v, base, batches, repeats)} for v in which.split(",")]
+        for row in group:
+            row["train_vs_default"] = row["train_img_s"] / group[0]["train_img_s"]
+        rows += group
+    return {"machine": machine(), "batch": batch, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--models", nargs="*", default=[], help="more models as name:size (default vs contiguous)")
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    variants = ("default", *[v for v in args.variants if v != "default"])
+    report(run(args.smoke, args.model, args.size, args.batch, variants, tuple(args.models)), args.json)
+
+
+if __name__ == "__main__":
+    main()
