@@ -49,8 +49,8 @@ class Runtime:
 
 def create_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
     """CUDA with AMP (bf16, else fp16) when available; fp32 on CPU by default. ``channels_last`` by default on
-    both: on this project's 2-core CPU it trains EfficientNet-Lite 1.4-1.7x and ResNet-50 at 224 px 1.2x faster
-    and embeds 1.35-1.6x faster (``python -m benchmarks.runtime``, docs/benchmarks.md)."""
+    both: on this project's 2-core CPU it trains EfficientNet-Lite0 1.19-1.36x and ResNet-50 1.28-1.30x faster
+    (ResNet-18 at 64 px: 0.88x; ``python -m benchmarks.runtime``, docs/benchmarks.md)."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
