@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 from benchmarks import faiss_index, runtime, sweep, trainer
+from tests.conftest import ROOT
 
 
 def _finite(rows: list[dict]) -> bool:
@@ -24,6 +28,15 @@ def test_runtime_benchmark_smoke():
     assert list(rows) == ["default", "contiguous", "one_thread"] and rows["default"]["train_vs_default"] == 1.0
     assert rows["contiguous"]["embed_img_s"] > 0 and rows["one_thread"]["embed_img_s"] is None
     assert _finite(result["rows"])
+
+
+def test_startup_benchmark_smoke(tmp_path):
+    out = tmp_path / "startup.json"  # a subprocess: the benchmark runs Hydra's main in its own process
+    subprocess.run([sys.executable, "-m", "benchmarks.startup", "--smoke", "--json", str(out)], cwd=ROOT, check=True)
+    rows = {r["step"]: r for r in json.loads(out.read_text())["rows"]}
+    steps = ["ask", "config composition", "MLflow run", "data bundle", "model copy, freezing, loss, loaders"]
+    assert all(rows[s]["takes_s"] > 0 for s in steps)
+    assert rows["first epoch starts"]["starts_at_s"] > rows["config composition"]["starts_at_s"] > 0
 
 
 def test_faiss_benchmark_smoke():
