@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,6 +10,17 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def model_parser(doc: str | None) -> argparse.ArgumentParser:
+    """Command line shared by the model benchmarks: ``--smoke``, ``--model``, ``--size``, ``--batch``, ``--json``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for correctness only")
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", help="also write the result here")
+    return parser
 
 
 def best_of(fn: Callable[[], float | None], repeats: int) -> float:

@@ -12,13 +12,12 @@ a warm-up epoch."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
-from benchmarks._timing import best_of, machine, report
+from benchmarks._timing import best_of, machine, model_parser, report
 from benchmarks.trainer import _batches, covers_train
 from covers.embed import embed_batch
 from covers.models import create_model
@@ -89,14 +88,9 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--model", default="tf_efficientnet_lite0")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
+    parser = model_parser(__doc__)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--models", nargs="*", default=[], help="more models as name:size (default vs contiguous)")
-    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     variants = ("default", *[v for v in args.variants if v != "default"])
     report(run(args.smoke, args.model, args.size, args.batch, variants, tuple(args.models)), args.json)

@@ -10,7 +10,6 @@ DataLoader) vs the same number of images as pre-materialised tensors; (3) embedd
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._timing import best_of, machine, report
+from benchmarks._timing import best_of, machine, model_parser, report
 from covers.augment import create_eval_transform, create_train_transform
 from covers.data.loaders import create_loader
 from covers.embed import embed_batch, embed_images
@@ -136,13 +135,7 @@ def run(smoke: bool = False, model_name: str = "tf_efficientnet_lite0", size: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--model", default="tf_efficientnet_lite0")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
+    args = model_parser(__doc__).parse_args()
     result = run(args.smoke, args.model, args.size, args.batch)
     report(result, args.json)
 
