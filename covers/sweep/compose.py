@@ -6,14 +6,17 @@ values (``optim.lr=0.003``), which Hydra applies *after* composition, to the com
 config composed for the structural overrides (config-group choices, ``hydra.*`` and anything not a plain
 ``key=value``) is cached per process, and each job gets a deep copy with its plain overrides applied by Hydra's own
 routine, and the ``hydra.overrides.task`` / ``hydra.job.override_dirname`` a full composition would record.
-Any app override that is not a plain ``key=value`` (``+key``, ``~key``, ``key@pkg``, dict values) falls back
-to Hydra's full composition. ``tests/test_sweep_compose.py`` checks the result equals Hydra's own."""
+Any app override that is not a plain ``key=value`` (``+key``, ``~key``, ``key@pkg``), any dict value and a
+``hydra.searchpath`` (groups Hydra finds only there) fall back to Hydra's full composition. Edits to the YAML
+files during a sweep reach the trials of a new sweep process only. ``tests/test_sweep_compose.py`` checks the
+result equals Hydra's own."""
 
 from __future__ import annotations
 
 import copy
 import os
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -23,13 +26,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 _MAX_ENTRIES = 16
 # composed configs of this process by (search path, config name, cwd, structural overrides); a module global so
 # that it outlives the loader, which process launchers (joblib) unpickle afresh for every job
 _composed: OrderedDict[tuple, DictConfig] = OrderedDict()
+_lock = threading.Lock()
 
 
 def _plain(override: Override) -> bool:
@@ -53,7 +57,7 @@ class SweepConfigLoader(ConfigLoader):
         lines = list(OmegaConf.to_container(master_config.hydra.overrides.hydra)) + list(sweep_overrides)
         parsed = OverridesParser.create().parse_overrides(overrides=lines)
         repo = getattr(self.loader, "repository", None)
-        if repo is None:
+        if repo is None or master_config.hydra.get("searchpath") or any(isinstance(o.value(), dict) for o in parsed):
             return self.loader.load_sweep_config(master_config, sweep_overrides)
         kinds = [(o, repo.group_exists(o.key_or_group)) for o in parsed]  # Hydra's test for a group override
         if any(not group and not o.is_hydra_override() and not _plain(o) for o, group in kinds):
@@ -63,12 +67,13 @@ class SweepConfigLoader(ConfigLoader):
         config_name = master_config.hydra.job.config_name
         search_path = tuple((e.provider, e.path) for e in self.loader.get_search_path().get_path())
         key = (search_path, config_name, os.getcwd(), tuple(structural))
-        if key not in _composed:
-            _composed[key] = self.loader.load_configuration(config_name, structural, RunMode.RUN)
-            while len(_composed) > _MAX_ENTRIES:
-                _composed.popitem(last=False)
-        _composed.move_to_end(key)
-        cfg = copy.deepcopy(_composed[key])
+        with _lock:
+            if key not in _composed:
+                _composed[key] = self.loader.load_configuration(config_name, structural, RunMode.RUN)
+                while len(_composed) > _MAX_ENTRIES:
+                    _composed.popitem(last=False)
+            _composed.move_to_end(key)
+            cfg = copy.deepcopy(_composed[key])
         try:
             ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
         except OmegaConfBaseException as e:  # as Hydra's load_configuration reports it
@@ -79,6 +84,9 @@ class SweepConfigLoader(ConfigLoader):
         cfg.hydra.job.override_dirname = get_overrides_dirname(
             overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
         )
+        with open_dict(cfg.hydra.job):  # read from the environment at composition, as Hydra does per job
+            for name in cfg.hydra.job.env_copy:
+                cfg.hydra.job.env_set[name] = os.environ[name]
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
 
