@@ -73,14 +73,15 @@ def run(
     if smoke:
         variants, models = ("default", "contiguous", "one_thread"), ()
     rows = []
-    for spec in [f"{model_name}:{size}:{','.join(variants)}", *[f"{m}:default,contiguous" for m in models]]:
-        name, px, which = spec.split(":")
-        px = int(px)
-        large = px >= 160
-        n_batches, n, repeats = (2, 4, 1) if smoke else ((2, 16, 2) if large else (20, batch, 3))
+    plans = [(model_name, size, variants)]
+    for spec in models:
+        name, px = spec.split(":")
+        plans.append((name, int(px), ("default", "contiguous")))
+    for name, px, which in plans:
+        n_batches, n, repeats = (2, 4, 1) if smoke else ((2, 16, 2) if px >= 160 else (20, batch, 3))
         base = create_model(name, 8, weights="package" if "lite" in name else "none")
-        batches = _batches(n_batches, n if large or smoke else batch, px, 8)
-        group = [{"model": name, "size": px, **measure(v, base, batches, repeats)} for v in which.split(",")]
+        batches = _batches(n_batches, n, px, 8)
+        group = [{"model": name, "size": px, **measure(v, base, batches, repeats)} for v in which]
         for row in group:
             row["train_vs_default"] = row["train_img_s"] / group[0]["train_img_s"]
         rows += group

@@ -120,6 +120,10 @@ def resolve_manifest(
     return clean.manifest, path
 
 
+# bundles of this process by settings and source state, each with its manifest file's (size, mtime) when built
+_BUNDLES: OrderedDict[str, tuple[tuple, DataBundle]] = OrderedDict()
+
+
 def prepare_data(
     name: str,
     image_size: int,
@@ -141,8 +145,9 @@ def prepare_data(
     src = resolve_source(name, source, cache_dir, demo)
     settings = [image_size, split_seed, val_fraction, test_fraction, limits and asdict(limits), rules and asdict(rules)]
     key = json.dumps([str(src), source_fingerprint(src), str(cache_dir.resolve()), manifest, *settings], default=str)
-    if key in _BUNDLES and _BUNDLES[key][0] == _file_state(_BUNDLES[key][1].manifest_path):
-        return _BUNDLES[key][1]
+    state, bundle = _BUNDLES.get(key, (None, None))
+    if bundle is not None and state == _file_state(bundle.manifest_path):
+        return bundle
     df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction, limits, rules)
     classes = sorted(df["label"].unique())
     labels = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
@@ -152,9 +157,6 @@ def prepare_data(
     while len(_BUNDLES) > 4:
         _BUNDLES.popitem(last=False)
     return bundle
-
-
-_BUNDLES: OrderedDict[str, tuple[tuple, DataBundle]] = OrderedDict()
 
 
 def _file_state(path: Path) -> tuple:

@@ -37,13 +37,13 @@ _lock = threading.Lock()
 
 
 def _plain(override: Override) -> bool:
-    """``key=value`` on an app key: applied to the composed config without touching the defaults tree."""
+    """``key=value`` on an app key: applied to the composed config without touching the defaults tree (dict values
+    never get here: they fall back to Hydra's full composition)."""
     return (
         override.type == OverrideType.CHANGE
         and override.package is None
         and not override.is_hydra_override()
         and not override.is_sweep_override()
-        and not isinstance(override.value(), dict)
     )
 
 
