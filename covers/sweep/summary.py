@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
@@ -106,18 +107,23 @@ def log_sweep_summary(
         client.set_terminated(parent_run_id, status=final_status)
 
 
+def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    """Tags in one batch: sweep workers sharing a study write the same tags at the same moment, and MLflow's
+    batch path retries an insert that another writer won (``set_tag`` fails with a UNIQUE constraint on SQLite)."""
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:
     best = study.best_trial
     client.log_metric(parent_run_id, "best_value", float(best.value))
     previous = client.get_run(parent_run_id).data.tags.get("best_trial_number")
-    client.set_tag(parent_run_id, "best_trial_number", str(best.number))
-    for k, v in best.params.items():
-        client.set_tag(parent_run_id, f"best.{k}", str(v))
+    tags = {"best_trial_number": best.number, **{f"best.{k}": v for k, v in best.params.items()}}
+    _set_tags(client, parent_run_id, tags)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if previous is not None and previous != str(best.number):
         old = by_number[int(previous)].user_attrs.get("mlflow_run_id")
         if old:
-            client.set_tag(old, "best_trial", "false")
+            _set_tags(client, old, {"best_trial": "false"})
     run_id = best.user_attrs.get("mlflow_run_id")
     if run_id:
-        client.set_tag(run_id, "best_trial", "true")
+        _set_tags(client, run_id, {"best_trial": "true"})
