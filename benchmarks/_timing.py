@@ -13,12 +13,14 @@ import torch
 
 
 def model_parser(doc: str | None) -> argparse.ArgumentParser:
-    """Command line shared by the model benchmarks: ``--smoke``, ``--model``, ``--size``, ``--batch``, ``--json``."""
+    """Command line shared by the model benchmarks: ``--smoke``, ``--model``, ``--size``, ``--batch``, ``--device``,
+    ``--json``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few steps, for correctness only")
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (covers' runtime for it: AMP on CUDA)")
     parser.add_argument("--json", help="also write the result here")
     return parser
 

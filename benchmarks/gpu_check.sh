@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
 # The CUDA path in one short run, for a machine with a GPU (also runs on CPU, where it checks the commands only):
-# device facts, one training run (device=auto: CUDA, AMP bf16/fp16, channels_last, pinned memory, cudnn benchmark),
-# the same with torch.compile, and a 3-trial sweep. Figures (epoch times, val acc) go to stdout and $OUT/.
+#  1. device facts and the runtime covers picks;
+#  2. benchmarks.trainer on the device at the default config (64 px / batch 32): trainer vs bare loop, data path
+#     per DataLoader worker count, embeddings;
+#  3. end to end on generated demo data (400 covers per genre): one training (device=auto: CUDA, AMP,
+#     channels_last, pinned memory, cudnn benchmark, loader workers) and a 3-trial sweep;
+#  4. benchmarks.trainer at 128 px / batch 64, benchmarks.runtime (bf16 default vs contiguous, fp32, fp16;
+#     ResNet-50 at 224 px), and the end-to-end training with torch.compile (most expensive, so last).
+# Figures go to stdout; JSON results and logs to $OUT (at most 8 files). Each step has its own time limit so that
+# one slow step does not take the others with it.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
-set -euo pipefail
+#   SIZE=32 PER_CLASS=48 STEP_LIMIT=300 SKIP_COMPILE=1 bash benchmarks/gpu_check.sh   # a quick check on a CPU
+set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
-ROOT="$OUT/covers"
-mkdir -p "$ROOT"
-common=("paths.root_dir=$ROOT" "data.image_size=${SIZE:-128}" "data.batch_size=${BATCH:-64}")
+ROOT=${ROOT:-$(mktemp -d)/covers}
+LIMIT=${STEP_LIMIT:-150}
+DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+SIZE=${SIZE:-128}
+mkdir -p "$OUT" "$ROOT"
+export PYTHONUNBUFFERED=1
 
-python - <<'EOF' | tee "$OUT/device.txt"
-import torch
-print("torch", torch.__version__, "cuda available:", torch.cuda.is_available())
+step() {  # name, command...: run with a time limit, report its wall time and status
+    local name=$1 start=$SECONDS
+    shift
+    echo "== $name"
+    timeout "$LIMIT" "$@"
+    echo "== $name: rc $? in $((SECONDS - start)) s"
+}
+
+step device python3 - <<'EOF'
+import os, torch, timm
+print("torch", torch.__version__, "timm", timm.__version__, "cores", os.cpu_count(), "cuda", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), "bf16:", torch.cuda.is_bf16_supported())
 from covers.train import create_runtime
@@ -22,18 +41,26 @@ EOF
 epochs() {  # the per-epoch log lines of a run's output
     grep -E "epoch [0-9]+/[0-9]+ " "$1" | sed -E 's/.*(epoch [0-9]+\/[0-9]+).*(val_acc=[0-9.]+).*(epoch_time_s=[0-9.]+).*/\1 \2 \3/'
 }
-
-run() {  # name, overrides...
+common=("paths.root_dir=$ROOT" "data.image_size=$SIZE" "data.batch_size=64" "data.demo.per_class=${PER_CLASS:-400}")
+e2e() {  # name, overrides...
     local name=$1
     shift
-    local start=$SECONDS
-    python experiments/run.py "$@" "${common[@]}" >"$OUT/$name.log" 2>&1
-    echo "== $name: $((SECONDS - start)) s"
-    epochs "$OUT/$name.log"
+    step "$name" python3 experiments/run.py "$@" "${common[@]}" >"$ROOT/$name.log" 2>&1
+    grep -E "^== $name" "$ROOT/$name.log"
+    epochs "$ROOT/$name.log"
+    grep -E "Error|error:" "$ROOT/$name.log" | tail -5
 }
-
-run train trainer.epochs=3 tracking.experiment=gpu-check
-run train_compile trainer.epochs=3 trainer.compile=true tracking.experiment=gpu-check
-run sweep -m hydra.sweeper.n_trials=3 "trainer.epochs=choice(2)" hydra.sweeper.study_name=gpu-check \
+step trainer_default python3 -m benchmarks.trainer --device "$DEVICE" --workers 0 2 4 8 --batches 40 \
+    --json "$OUT/trainer_default.json"
+e2e train trainer.epochs=3 tracking.experiment=gpu-check
+e2e sweep -m hydra.sweeper.n_trials=3 "trainer.epochs=choice(2)" hydra.sweeper.study_name=gpu-check \
     tracking.experiment=gpu-check
-echo "logs in $OUT"
+step trainer_big python3 -m benchmarks.trainer --device "$DEVICE" --size "$SIZE" --batch 64 --batches 30 \
+    --workers 0 2 4 8 --json "$OUT/trainer_big.json"
+step runtime python3 -m benchmarks.runtime --device "$DEVICE" --size "$SIZE" --batch 64 \
+    --variants default contiguous fp32 fp16 --models resnet50:224 --json "$OUT/runtime.json"
+if [ -z "${SKIP_COMPILE:-}" ]; then
+    e2e train_compile trainer.epochs=3 trainer.compile=true tracking.experiment=gpu-check
+fi
+cp "$ROOT"/*.log "$OUT"/
+echo "results in $OUT"

@@ -21,8 +21,12 @@ def create_train_transform(
     scale: Sequence[float] | None = None,
     rotate: float = 0.0,
     color_jitter: float = 0.0,
+    seed: int | None = None,
 ) -> A.Compose:
-    """Training transform; with every knob at zero it equals :func:`create_eval_transform` (preset ``none``)."""
+    """Training transform; with every knob at zero it equals :func:`create_eval_transform` (preset ``none``).
+
+    Albumentations draws from its own generators, not torch's or numpy's global ones: ``seed`` makes the draws
+    repeatable (DataLoader workers re-seed their copy, :func:`covers.data.loaders.seed_worker`)."""
     ops: list = []
     if scale is not None:
         ops.append(A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale), ratio=(0.85, 1.18)))
@@ -36,4 +40,4 @@ def create_train_transform(
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))
     ops += [A.Normalize(mean=mean, std=std), ToTensorV2()]
-    return A.Compose(ops)
+    return A.Compose(ops, seed=seed)

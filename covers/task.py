@@ -65,6 +65,17 @@ def intra_op_threads(threads: int | None) -> int:
     return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
+def loader_workers(num_workers: int | None, rt: Runtime) -> int:
+    """``data.num_workers``, or by default: none on the CPU, where augmenting in the main process measured fastest
+    (the model trains on the same cores); on CUDA the cores this trial gets (:func:`intra_op_threads`) less one
+    for the training loop, at most 8, so that augmentation keeps up with the GPU (docs/benchmarks.md)."""
+    if num_workers is not None:
+        return int(num_workers)
+    if rt.device.type == "cpu":
+        return 0
+    return max(0, min(8, intra_op_threads(None) - 1))
+
+
 def run_name(cfg: DictConfig) -> str:
     """People-readable run name: ``trial-7 lr=3.2e-03 ep=4 γ=2.0 frozen=3``."""
     parts = [f"trial-{cfg.trial.number}" if cfg.trial.number is not None else cfg.model.name]
@@ -228,14 +239,15 @@ def build_training(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any], rt:
         model.compile()  # in place: state-dict keys stay those of the plain model
     train_images, train_labels = bundle.split("train")
     loss_fn = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, train_labels, len(bundle.classes)))
-    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"])
+    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"], seed=cfg.seed)
     eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
     d, pin = cfg.data, rt.device.type == "cuda"
     sampler = d.get("sampler") or "shuffle"
+    workers = loader_workers(d.get("num_workers"), rt)
     train_loader = create_loader(
-        train_images, train_labels, train_tf, d.batch_size, True, d.num_workers, pin, cfg.seed, sampler
+        train_images, train_labels, train_tf, d.batch_size, True, workers, pin, cfg.seed, sampler
     )
-    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, d.num_workers, pin)
+    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, workers, pin)
     return Training(model, loss_fn, train_loader, val_loader)
 
 

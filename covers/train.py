@@ -68,6 +68,11 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
+def _check_finite(loss: torch.Tensor, seen: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} images (lr={lr:.3g})")
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -78,17 +83,20 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image)."""
+    """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image).
+
+    Sums stay on the device, and each step's loss is checked for NaN/inf one step later, so that the host never
+    waits for the step it has just queued (on a GPU a per-step ``.item()`` drains the queue)."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    seen, pending = 0, None
     lr = optimizer.param_groups[0]["lr"]
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
         x, y = to_device(x, rt), y.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(x)
             loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} images (lr={lr:.3g})")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -97,14 +105,20 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if pending is not None:
+            _check_finite(*pending, lr)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
         n = y.shape[0]
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.detach().float() * n
+        correct += (logits.argmax(1) == y).sum()
+        pending = (loss.detach(), seen)
         seen += n
-    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "lr": lr}
+    if pending is not None:
+        _check_finite(*pending, lr)
+    n = max(seen, 1)
+    return {"loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
 
 
 @torch.no_grad()
@@ -114,9 +128,9 @@ def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarr
     logits, targets = [], []
     for x, y in loader:
         with rt.autocast():
-            logits.append(model(to_device(x, rt)).float().cpu())
+            logits.append(model(to_device(x, rt)).float())
         targets.append(y)
-    return torch.cat(logits).numpy(), torch.cat(targets).numpy()
+    return torch.cat(logits).cpu().numpy(), torch.cat(targets).numpy()  # one copy back, not one wait per batch
 
 
 def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, rt: Runtime) -> dict:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from covers.augment import create_train_transform
 from covers.data import build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.demo import GENRES, ensure_demo
+from covers.data.loaders import create_loader
+from covers.task import loader_workers
+from covers.train import Runtime
 
 
 def test_album_covers_ingest(album_covers):
@@ -141,3 +147,34 @@ def test_bundle_is_built_once_per_process_until_its_files_change(tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         prepare_data("archives", 32, tmp_path, source=str(tmp_path / "nope"))
+
+
+def _epoch(loader) -> torch.Tensor:
+    return torch.cat([x for x, _ in loader])
+
+
+def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 24, 24, 3), dtype=np.uint8)
+    labels = np.zeros(16, dtype=np.int64)
+
+    def aug(seed):
+        return create_train_transform(24, (0.5,) * 3, (0.5,) * 3, hflip=0.5, scale=(0.5, 1.0), rotate=10, seed=seed)
+
+    def epoch(seed, workers):
+        loader = create_loader(images, labels, aug(seed), 4, False, num_workers=workers)  # in order: same images
+        return _epoch(loader)
+
+    assert torch.equal(epoch(0, 0), epoch(0, 0)) and not torch.equal(epoch(0, 0), epoch(1, 0))
+    # two workers: repeatable, and not the same draws in both (each batch of 4 images is one worker's)
+    two = epoch(0, 2)
+    assert torch.equal(two, epoch(0, 2))
+    identical = aug(0)
+    same_images = np.repeat(images[:1], 16, axis=0)  # one image everywhere: only the random draws differ
+    by_worker = _epoch(create_loader(same_images, labels, identical, 4, False, num_workers=2))
+    assert not torch.equal(by_worker[:4], by_worker[4:8])
+
+
+def test_loader_workers_default_by_device():
+    cpu, cuda = Runtime(torch.device("cpu")), Runtime(torch.device("cuda"))
+    assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
+    assert loader_workers(None, cuda) == max(0, min(8, (os.cpu_count() or 1) - 1))

@@ -24,6 +24,16 @@ class ArrayDataset(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker re-seeds its copy of the dataset's albumentations transform from
+    the worker's torch seed (the loader's seeded base seed + worker id). Without it every forked worker starts
+    from the same transform state and draws the same augmentation parameters as the others."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
 def create_balanced_sampler(labels: np.ndarray, seed: int = 0) -> WeightedRandomSampler:
     """Draws each class equally often: sample weight ``1 / count(class)``, with replacement, one epoch = N draws."""
     counts = np.bincount(labels)
@@ -47,7 +57,7 @@ def create_loader(
     if sampler not in SAMPLERS:
         raise ValueError(f"data.sampler={sampler!r}; choose one of {SAMPLERS}")
     balanced = train and sampler == "balanced"
-    generator = torch.Generator().manual_seed(seed) if train else None
+    generator = torch.Generator().manual_seed(seed)  # the shuffle order and the workers' seeds
     return DataLoader(
         ArrayDataset(images, labels, transform),
         batch_size=batch_size,
@@ -57,5 +67,6 @@ def create_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
         generator=generator,
     )
