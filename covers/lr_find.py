@@ -182,11 +182,11 @@ def run_lr_find(cfg) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from covers.task import build_training, load_data, log_run_record, tracked_run
-    from covers.train import create_runtime
+    from covers.train import runtime_from_config
 
     timm.utils.random_seed(cfg.seed)
     with tracked_run(cfg, f"lr-find {cfg.model.name}", **{"covers.kind": "lr_find"}):
-        rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
+        rt = runtime_from_config(cfg.trainer)
         bundle, inp = load_data(cfg)
         log_run_record(cfg, bundle, inp)
         parts = build_training(cfg, bundle, inp, rt)

@@ -33,7 +33,7 @@ from covers.losses import resolve_class_weights
 from covers.optim import create_scheduler
 from covers.plots import plot_confusion_matrix, plot_learning_curves
 from covers.sweep.link import TrialReporter, reporter_for
-from covers.train import FitResult, Runtime, create_runtime, fit
+from covers.train import FitResult, Runtime, fit, runtime_from_config
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def resolve_lr(cfg: DictConfig, parts: Training, rt: Runtime) -> float:
 
 
 def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
-    rt = create_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last)
+    rt = runtime_from_config(cfg.trainer)
     bundle, inp = load_data(cfg)
     log.info("data: %d classes, %s, manifest %s", len(bundle.classes), bundle.counts(), bundle.manifest_path)
     log_run_record(cfg, bundle, inp)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,10 +48,16 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
-def create_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Runtime:
+def create_runtime(
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    cudnn_benchmark: bool | None = None,
+) -> Runtime:
     """CUDA with AMP (bf16, else fp16) when available; fp32 on CPU by default. ``channels_last`` by default on
     both: on this project's 2-core CPU it trains EfficientNet-Lite0 1.19-1.36x and ResNet-50 1.28-1.30x faster
-    (ResNet-18 at 64 px: 0.88x; ``python -m benchmarks.runtime``, docs/benchmarks.md)."""
+    (ResNet-18 at 64 px: 0.88x; ``python -m benchmarks.runtime``, docs/benchmarks.md). ``cudnn_benchmark``
+    (CUDA only) lets cuDNN time its algorithms for every new input shape; default on."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
@@ -58,8 +65,14 @@ def create_runtime(device: str = "auto", precision: str = "auto", channels_last:
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True if cudnn_benchmark is None else bool(cudnn_benchmark)
     return Runtime(dev, amp, True if channels_last is None else bool(channels_last))
+
+
+def runtime_from_config(trainer: Any) -> Runtime:
+    """The runtime a ``trainer`` config group asks for (``device``, ``precision``, ``channels_last``,
+    ``cudnn_benchmark``)."""
+    return create_runtime(trainer.device, trainer.precision, trainer.channels_last, trainer.get("cudnn_benchmark"))
 
 
 def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:

@@ -7,9 +7,13 @@ import time
 import mlflow
 import numpy as np
 import pytest
+import torch
 
 from covers import knn
+from covers.augment import create_eval_transform
+from covers.embed import normalized_batches
 from covers.task import train
+from covers.train import create_runtime
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -100,3 +104,20 @@ def test_knn_baseline_on_cifar_beats_chance(make_cfg, cifar_covers):
     artifacts = {a.path for p in folders for a in client.list_artifacts(run.info.run_id, p)}
     assert {"model/meta.json", "plots/val_confusion_matrix.png", "config/config.yaml"} <= artifacts
     assert any(a.startswith("data/") and a.endswith(".csv") for a in artifacts)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batched_normalisation_equals_the_eval_transform(channels_last):
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    tf = create_eval_transform(16, mean, std)
+    expected = torch.stack([tf(image=im)["image"] for im in images])
+    rt = create_runtime("cpu", "fp32", channels_last)
+    batches = list(normalized_batches(images, mean, std, 4, rt))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    got = torch.cat(batches)
+    assert torch.allclose(got, expected, atol=1e-6)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(b.is_contiguous(memory_format=fmt) for b in batches)
+    with pytest.raises(ValueError, match="uint8 images"):
+        next(normalized_batches(images[:, :8], mean, std, 4, rt))
