@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -102,3 +103,17 @@ def test_sweeper_samplers_and_pruners_instantiate(group, option):
         obj = obj(search_space={"x": [1, 2]})
     base = optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner
     assert isinstance(obj, base)
+
+
+def test_importing_covers_does_not_reach_the_network():
+    # albumentations' import-time update check would open a connection to PyPI; covers turns it off by default
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise SystemExit('network access at import')\n"
+        "socket.create_connection = refuse\n"
+        "socket.socket.connect = refuse\n"
+        "import covers.augment, covers.task\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
