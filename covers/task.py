@@ -177,7 +177,8 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
 @contextmanager
 def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = None, **tags: Any) -> Iterator[Any]:
     """The MLflow run of one training/evaluation: tagged as trial or single run, linked to the Optuna trial."""
-    track.setup_tracking(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    t = cfg.tracking
+    track.setup_tracking(t.uri, t.experiment, t.artifact_root, t.get("sqlite_wal", True))
     tags = {"covers.kind": "single", "model": cfg.model.name, "data": cfg.data.name, **tags}
     if cfg.trial.number is not None:
         tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})

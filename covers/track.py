@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import RunStatus
 
+from covers.sqlite_wal import use_wal
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000
@@ -46,8 +48,11 @@ def sqlite_init_lock(uri: str | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None) -> str:
-    """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new)."""
+def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, sqlite_wal: bool = True) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new).
+    A SQLite store is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.sqlite_wal`)."""
+    if sqlite_wal:
+        use_wal(resolve_sqlite_uri(uri))
     with sqlite_init_lock(uri):
         return _setup_tracking(resolve_sqlite_uri(uri), experiment, artifact_root)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
@@ -23,6 +24,8 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
         "trainer.epochs=range(1,2)",
     )
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    for db in ("optuna.db", "mlflow.db"):  # both stores in WAL mode (covers.sqlite_wal)
+        assert sqlite3.connect(tmp_path / "mlruns" / db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     study = optuna.load_study(study_name="t3", storage=storage)
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3

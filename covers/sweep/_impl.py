@@ -76,6 +76,7 @@ class OptunaSweeperImpl(Sweeper):
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
         compose_cache: bool = True,
+        sqlite_wal: bool = True,
     ) -> None:
         self.sampler, self.pruner, self.direction = sampler, pruner, direction
         self.storage_url = normalise_storage_url(storage)
@@ -84,7 +85,7 @@ class OptunaSweeperImpl(Sweeper):
         self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
         self.mlflow_cfg = mlflow
-        self.compose_cache = bool(compose_cache)
+        self.compose_cache, self.sqlite_wal = bool(compose_cache), bool(sqlite_wal)
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -110,7 +111,9 @@ class OptunaSweeperImpl(Sweeper):
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
         with sqlite_init_lock(self.storage_url):  # workers starting together on a fresh file
-            storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry)
+            storage = open_storage(
+                self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry, sqlite_wal=self.sqlite_wal
+            )
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=storage,

@@ -18,9 +18,11 @@ from covers.sweep.storage import job_storage
 log = logging.getLogger(__name__)
 
 
-def connect_trial(study_name: str, number: int, storage: str, pruner: Any = None) -> optuna.Trial:
+def connect_trial(
+    study_name: str, number: int, storage: str, pruner: Any = None, sqlite_wal: bool = True
+) -> optuna.Trial:
     """The live :class:`optuna.Trial` number ``number`` of ``study_name`` in ``storage``."""
-    store = job_storage(storage)
+    store = job_storage(storage, sqlite_wal)
     study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
     trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), number)
     return optuna.Trial(study, trial_id)
@@ -49,5 +51,6 @@ def reporter_for(cfg: DictConfig, epochs: int | None = None) -> TrialReporter | 
         log.warning("trial %s: the sweeper has no storage; no pruning", cfg.trial.number)
         return None
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
-    trial = connect_trial(cfg.trial.study_name, int(cfg.trial.number), sweeper.storage, pruner)
+    wal = bool(sweeper.get("sqlite_wal", True))
+    trial = connect_trial(cfg.trial.study_name, int(cfg.trial.number), sweeper.storage, pruner, wal)
     return TrialReporter(trial, str(sweeper.get("metric", "val_acc")), epochs or int(cfg.trainer.epochs))

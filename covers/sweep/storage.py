@@ -15,6 +15,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
+from covers.sqlite_wal import use_wal
 from covers.track import resolve_sqlite_uri
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ def create_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     failed_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    sqlite_wal: bool = True,
 ) -> BaseStorage | None:
-    """``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats for crash recovery) or ``journal:///file.log``."""
+    """``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats for crash recovery) or ``journal:///file.log``.
+    A SQLite file is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.sqlite_wal`)."""
     url = normalise_storage_url(url)
     if url is None:
         return None
+    if sqlite_wal:
+        use_wal(url)
     if url.startswith(JOURNAL_PREFIX):
         return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL_PREFIX)))
     kwargs = {}
@@ -67,12 +72,12 @@ def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseSto
     return None
 
 
-def job_storage(url: str) -> BaseStorage | None:
+def job_storage(url: str, sqlite_wal: bool = True) -> BaseStorage | None:
     """The storage a trial's job reports to, opened once per process and URL: opening an RDB storage checks its
     schema (~0.1 s), and a sweep runs its jobs in the sweeper's process or in reused launcher workers."""
-    return _job_storage(os.getpid(), normalise_storage_url(url))
+    return _job_storage(os.getpid(), normalise_storage_url(url), sqlite_wal)
 
 
 @functools.lru_cache(maxsize=4)
-def _job_storage(pid: int, url: str | None) -> BaseStorage | None:
-    return open_storage(url)
+def _job_storage(pid: int, url: str | None, sqlite_wal: bool) -> BaseStorage | None:
+    return open_storage(url, sqlite_wal=sqlite_wal)

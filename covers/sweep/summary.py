@@ -26,7 +26,8 @@ PARENT_ATTR = "mlflow_parent_run_id"
 
 def open_parent_run(study: optuna.Study, mlflow_cfg: DictConfig, distributions: dict, settings: dict) -> str:
     """The sweep's parent run: reused when the study already has one (resume, or another worker), else created."""
-    exp_id = setup_tracking(mlflow_cfg.uri, mlflow_cfg.experiment, mlflow_cfg.get("artifact_root"))
+    wal = mlflow_cfg.get("sqlite_wal", True)
+    exp_id = setup_tracking(mlflow_cfg.uri, mlflow_cfg.experiment, mlflow_cfg.get("artifact_root"), wal)
     client = MlflowClient()
     existing = study.user_attrs.get(PARENT_ATTR)
     if existing:
