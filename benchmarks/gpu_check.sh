@@ -6,9 +6,11 @@
 #  3. end to end on generated demo data (400 covers per genre): one training (device=auto: CUDA, AMP,
 #     channels_last, pinned memory, cudnn benchmark, loader workers) and a 3-trial sweep;
 #  4. benchmarks.trainer at 128 px / batch 64, benchmarks.runtime (bf16 default vs contiguous, fp32, fp16;
-#     ResNet-50 at 224 px), and the end-to-end training with torch.compile (most expensive, so last).
+#     ResNet-50 at 224 px; twice the step limit: every variant's warm-up pays cuDNN's cold set-up), and the
+#     end-to-end training with torch.compile (most expensive, so last).
 # Figures go to stdout; JSON results and logs to $OUT (at most 8 files). Each step has its own time limit so that
-# one slow step does not take the others with it.
+# one slow step does not take the others with it. On a machine without a package index, install the wheels that
+# benchmarks/gpu_wheels.sh downloads first. Figures from an H200: docs/benchmarks.md.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 #   SIZE=32 PER_CLASS=48 STEP_LIMIT=300 SKIP_COMPILE=1 bash benchmarks/gpu_check.sh   # a quick check on a CPU
@@ -57,7 +59,7 @@ e2e sweep -m hydra.sweeper.n_trials=3 "trainer.epochs=choice(2)" hydra.sweeper.s
     tracking.experiment=gpu-check
 step trainer_big python3 -m benchmarks.trainer --device "$DEVICE" --size "$SIZE" --batch 64 --batches 30 \
     --workers 0 2 4 8 --json "$OUT/trainer_big.json"
-step runtime python3 -m benchmarks.runtime --device "$DEVICE" --size "$SIZE" --batch 64 \
+LIMIT=$((LIMIT * 2)) step runtime python3 -m benchmarks.runtime --device "$DEVICE" --size "$SIZE" --batch 64 \
     --variants default contiguous fp32 fp16 --models resnet50:224 --json "$OUT/runtime.json"
 if [ -z "${SKIP_COMPILE:-}" ]; then
     e2e train_compile trainer.epochs=3 trainer.compile=true tracking.experiment=gpu-check

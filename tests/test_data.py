@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 
 import numpy as np
@@ -15,7 +14,7 @@ from covers.augment import create_train_transform
 from covers.data import build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.demo import GENRES, ensure_demo
 from covers.data.loaders import create_loader
-from covers.task import loader_workers
+from covers.task import intra_op_threads, loader_workers
 from covers.train import Runtime
 
 
@@ -177,4 +176,4 @@ def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
 def test_loader_workers_default_by_device():
     cpu, cuda = Runtime(torch.device("cpu")), Runtime(torch.device("cuda"))
     assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
-    assert loader_workers(None, cuda) == max(0, min(8, (os.cpu_count() or 1) - 1))
+    assert loader_workers(None, cuda) == max(0, min(8, intra_op_threads(None) - 1))  # the trial's cores less one
