@@ -18,7 +18,10 @@ set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 ROOT=${ROOT:-$(mktemp -d)/covers}
 LIMIT=${STEP_LIMIT:-150}
-DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')") || {
+    echo "python3 cannot import torch" >&2
+    exit 1
+}
 SIZE=${SIZE:-128}
 mkdir -p "$OUT" "$ROOT"
 export PYTHONUNBUFFERED=1

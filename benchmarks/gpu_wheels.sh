@@ -18,10 +18,11 @@ for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux
     platforms+=(--platform "${tag}_x86_64")
 done
 get() { python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    "${platforms[@]}" -d "$DIR" "$1" 2>/dev/null; }
-for p in $PKGS; do  # the version installed here; else (no 3.12 wheel of it) the newest one
-    v=$(python -m pip show "$p" | awk '/^Version/{print $2}')
-    get "$p==$v" || { echo "$p==$v has no 3.12 wheel: taking the newest"; get "$p"; }
+    "${platforms[@]}" -d "$DIR" "$1"; }
+for p in $PKGS; do  # the version installed here; else (no 3.12 wheel of it, e.g. orjson 3.8) the newest one
+    v=$(python -m pip show "$p" 2>/dev/null | awk '/^Version/{print $2}')
+    [ -n "$v" ] || { echo "$p is not installed here: pip install -e '.[dev]' first" >&2; exit 1; }
+    get "$p==$v" || { echo "$p==$v has no 3.12 wheel: taking the newest (check it works with the rest)" >&2; get "$p"; }
 done
 # antlr4-python3-runtime 4.9.3 (omegaconf's parser) exists only as a source archive: build its pure-Python wheel
 python -m pip wheel -q --no-deps "antlr4-python3-runtime==$(python -m pip show antlr4-python3-runtime | awk '/^Version/{print $2}')" -w "$DIR"

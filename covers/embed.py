@@ -28,12 +28,13 @@ def embed_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def normalized_batches(
     images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int, rt: Runtime
 ) -> Iterator[torch.Tensor]:
-    """Batches of ``(N, S, S, 3)`` uint8 images, normalised as the evaluation transform does (``(x - 255 mean) /
-    (255 std)``), as ``(B, 3, S, S)`` float tensors on the runtime's device. The uint8 batch is copied (a quarter
-    of the bytes of float) and normalised there in one batched operation: on a GPU, normalising image by image
-    on the host held embeddings to a fifth of the model's speed (docs/benchmarks.md)."""
-    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
-        raise ValueError(f"expected (N, S, S, 3) uint8 images from the decoded store, got {images.shape}")
+    """Batches of ``(N, S, S, 3)`` uint8 images (square, as the decoded store holds them), normalised as the
+    evaluation transform does (``(x - 255 mean) / (255 std)``), as ``(B, 3, S, S)`` float tensors on the runtime's
+    device. The uint8 batch is copied (a quarter of the bytes of float) and normalised there in one batched
+    operation: on a GPU, normalising image by image on the host held embeddings to a fifth of the model's speed
+    (docs/benchmarks.md)."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+        raise ValueError(f"expected (N, S, S, 3) uint8 images (the decoded store), got {images.dtype} {images.shape}")
     scale = torch.tensor(std, dtype=torch.float32, device=rt.device).view(1, 3, 1, 1) * 255
     shift = torch.tensor(mean, dtype=torch.float32, device=rt.device).view(1, 3, 1, 1) * 255
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -57,12 +58,17 @@ def map_batches(
 ) -> np.ndarray:
     """``fn`` applied to normalised batches of ``(N, S, S, 3)`` uint8 images (progress bar); outputs concatenated."""
     rt = rt or create_runtime("auto", "fp32")
-    out = []
+    out, pending = [], []  # outputs go back to the host 32 batches at a time: one wait per copy, bounded GPU memory
     batches = normalized_batches(images, mean, std, batch_size, rt)
     for x in tqdm(batches, desc=desc, total=-(-len(images) // batch_size), leave=False, disable=None):
         with rt.autocast():
-            out.append(fn(x).float())  # stays on the device: one copy back, not one wait per batch
-    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
+            pending.append(fn(x).float())
+        if len(pending) == 32:
+            out.append(torch.cat(pending).cpu())
+            pending = []
+    if pending:
+        out.append(torch.cat(pending).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def embed_images(

@@ -6,8 +6,10 @@ commits dozens of times before its first epoch (Optuna's ask, MLflow's run, para
 this mode: a committed transaction survives a crash of the application; after a power loss or an operating-system
 crash the last transactions may roll back, and the database stays intact. WAL needs every process on one host
 (as SQLite does anyway: no network file systems) and leaves ``-wal``/``-shm`` files beside the database; copy the
-folder, not the ``.db`` alone. ``tracking.sqlite_wal=false`` / ``hydra.sweeper.sqlite_wal=false`` keep SQLite's
-defaults.
+folder, not the ``.db`` alone. ``tracking.sqlite_wal=false`` / ``hydra.sweeper.sqlite_wal=false``: covers leaves
+the journal mode and ``synchronous`` alone, but a file once switched stays in WAL mode (the mode is stored in the
+file) until ``PRAGMA journal_mode=DELETE`` (e.g. with the ``sqlite3`` shell, before archiving to a read-only
+place).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ _lock = threading.Lock()
 def use_wal(url: str | None) -> None:
     """Connections that SQLAlchemy opens to the SQLite file of ``url`` from now on use WAL and
     ``synchronous=NORMAL``; other URLs are left alone."""
-    if not url or not url.startswith("sqlite:///"):
+    if not url:
         return
-    path = str(Path(url.removeprefix("sqlite:///")).resolve())
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = str(Path(parsed.database).resolve())
     with _lock:
         if not _paths and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _on_connect):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _on_connect)

@@ -81,9 +81,9 @@ def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
-def _check_finite(loss: torch.Tensor, seen: int, lr: float) -> None:
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"training loss is {loss.item()} after {seen} images (lr={lr:.3g})")
+# How often a GPU loop reads its NaN/inf flag back (each read waits for every step queued so far); the CPU reads it
+# every step, for free, before the step's update
+GPU_CHECK_EVERY = 32
 
 
 def train_one_epoch(
@@ -98,18 +98,32 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image).
 
-    Sums stay on the device, and each step's loss is checked for NaN/inf one step later, so that the host never
-    waits for the step it has just queued (on a GPU a per-step ``.item()`` drains the queue)."""
+    The sums and a NaN/inf flag stay on the device. Reading a CUDA value back waits for all the work queued so far,
+    so a GPU loop reads the flag every ``GPU_CHECK_EVERY`` steps and at the end (a non-finite loss stops the run
+    within that many steps); the CPU checks every step before its update. Raises :class:`NonFiniteLossError`."""
     model.train()
     total_loss = torch.zeros((), device=rt.device)
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    seen, pending = 0, None
+    nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
+    check_every = 1 if rt.device.type == "cpu" else GPU_CHECK_EVERY
+    seen, checked = 0, 0  # images so far; images covered by the last clean check
     lr = optimizer.param_groups[0]["lr"]
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+
+    def check(upto: int) -> None:  # one read of the flag, which covers the batches of images [checked, upto)
+        nonlocal checked
+        if nonfinite:
+            raise NonFiniteLossError(f"training loss became NaN or infinite in images {checked}-{upto} (lr={lr:.3g})")
+        checked = upto
+
+    for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
         x, y = to_device(x, rt), y.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(x)
             loss = loss_fn(logits, y)
+        n = y.shape[0]
+        nonfinite |= ~torch.isfinite(loss.detach())
+        if (step + 1) % check_every == 0:
+            check(seen + n)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -118,18 +132,13 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        if pending is not None:
-            _check_finite(*pending, lr)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        n = y.shape[0]
         total_loss += loss.detach().float() * n
         correct += (logits.argmax(1) == y).sum()
-        pending = (loss.detach(), seen)
         seen += n
-    if pending is not None:
-        _check_finite(*pending, lr)
+    check(seen)
     n = max(seen, 1)
     return {"loss": total_loss.item() / n, "acc": correct.item() / n, "lr": lr}
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import mlflow
+import pytest
 import timm
 import torch
 
 from covers.task import run_name, train
-from covers.train import create_runtime, to_device
+from covers.train import NonFiniteLossError, create_runtime, to_device, train_one_epoch
 
 
 def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
@@ -70,3 +71,20 @@ def test_failed_run_is_marked_failed_with_traceback(make_cfg, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("covers").experiment_id])
     assert run.info.status == "FAILED" and "NonFiniteLossError" in run.data.tags["error"]
     assert "error/traceback.txt" in {a.path for a in client.list_artifacts(run.info.run_id, "error")}
+
+
+def test_nan_loss_stops_the_epoch_before_its_update_and_names_the_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
+    calls = []
+
+    def loss_fn(logits, y):  # NaN on the third batch
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match=r"in images 8-12 "):
+        train_one_epoch(model, batches, loss_fn, opt, None, create_runtime("cpu", "fp32"))
+    assert len(calls) == 3 and all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update applied
