@@ -68,7 +68,7 @@ def covers_train(model: nn.Module, loader, lr: float = 1e-3, rt: Runtime | None 
     rt = rt or create_runtime("cpu", "fp32")
     rt.place(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None  # as ``fit`` does
+    scaler = rt.grad_scaler()  # as ``fit`` does
     _sync(rt)
     t0 = time.perf_counter()
     train_one_epoch(model, loader, nn.CrossEntropyLoss().to(rt.device), opt, None, rt, scaler)

@@ -37,7 +37,7 @@ def use_wal(url: str | None) -> None:
         return
     path = str(Path(parsed.database).resolve())
     with _lock:
-        if not _paths and not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _on_connect):
+        if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _on_connect):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _on_connect)
         _paths.add(path)
 

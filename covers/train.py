@@ -42,6 +42,10 @@ class Runtime:
             module.to(memory_format=torch.channels_last)
         return module
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A loss scaler for fp16 autocast (bf16 and fp32 need none)."""
+        return torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+
     def autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
@@ -197,7 +201,7 @@ def fit(
     reached. Best-epoch weights stay on the CPU."""
     rt.place(model)
     loss_fn.to(rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    scaler = rt.grad_scaler()
     result = FitResult() if result is None else result
     for epoch in range(epochs):
         start = time.perf_counter()
