@@ -14,8 +14,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import timm
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import balanced_accuracy_score, log_loss
@@ -26,7 +24,7 @@ from covers.embed import create_backbone
 from covers.plots import plot_confusion_matrix
 from covers.serving import GALLERY_COLUMNS, CoverModel
 from covers.sweep.link import reporter_for
-from covers.train import create_runtime
+from covers.train import create_runtime, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +118,8 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Evaluate the kNN baseline on the validation split and track it like a training run."""
     from covers.task import intra_op_threads, load_data, log_run_record, tracked_run
 
-    timm.utils.random_seed(cfg.seed)
-    torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
+    seed_everything(cfg.seed)
+    set_threads(intra_op_threads(cfg.trainer.threads))
     bundle, inp = load_data(cfg)
     model = instantiate(
         cfg.model,

@@ -178,13 +178,12 @@ def log_lr_find(result: LRFindResult, suggestion: str = "valley") -> float:
 def run_lr_find(cfg) -> dict[str, float]:
     """``experiments/lr_find.py``: the range test on the configured data, model, freezing and loss, as an MLflow
     run (tag ``covers.kind=lr_find``); returns the suggestions."""
-    import timm
     from hydra.utils import instantiate
 
     from covers.task import build_training, load_data, log_run_record, tracked_run
-    from covers.train import runtime_from_config
+    from covers.train import runtime_from_config, seed_everything
 
-    timm.utils.random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     with tracked_run(cfg, f"lr-find {cfg.model.name}", **{"covers.kind": "lr_find"}):
         rt = runtime_from_config(cfg.trainer)
         bundle, inp = load_data(cfg)

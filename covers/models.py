@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
 import logging
@@ -14,6 +13,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from covers import model_spares
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,12 @@ def create_model(
         return model
     if weights == "none":  # a fresh random init from the seeded RNG
         model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
-    else:  # a copy of the process's pretrained model: a sweep builds one for every trial
+    else:  # a copy of the process's pretrained model (a sweep builds one per trial; a finished trial's is reused)
         key = tuple(sorted(kwargs.items()))
-        build = _pretrained if _hashable(key) else _pretrained.__wrapped__
-        model = copy.deepcopy(build(name, weights, drop_rate, key))
+        if _hashable(key):
+            model = model_spares.copy_of(_pretrained(name, weights, drop_rate, key), (name, weights, drop_rate, key))
+        else:
+            model = _pretrained.__wrapped__(name, weights, drop_rate, key)
     model.reset_classifier(num_classes)
     return model
 

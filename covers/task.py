@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covers import track
+from covers import model_spares, track
 from covers.augment import create_eval_transform
 from covers.data import DataBundle, prepare_data
 from covers.data.loaders import create_loader
@@ -33,7 +33,7 @@ from covers.losses import resolve_class_weights
 from covers.optim import create_scheduler
 from covers.plots import plot_confusion_matrix, plot_learning_curves
 from covers.sweep.link import TrialReporter, reporter_for
-from covers.train import FitResult, Runtime, fit, runtime_from_config
+from covers.train import FitResult, Runtime, fit, runtime_from_config, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         from covers.baseline import train_knn
 
         return train_knn(cfg, on_epoch_end)
-    timm.utils.random_seed(cfg.seed)
-    torch.set_num_threads(intra_op_threads(cfg.trainer.threads))
+    seed_everything(cfg.seed)
+    set_threads(intra_op_threads(cfg.trainer.threads))
     reporter = reporter_for(cfg)
     try:
         with tracked_run(cfg, run_name(cfg), reporter) as run:
@@ -295,5 +295,7 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
         mlflow.set_tag("pruned_at_epoch", len(result.history))
         log_results(cfg, result, bundle, inp, with_model=False)
         raise
+    finally:  # the results hold copies of the weights: the next trial in this process may reuse the model
+        model_spares.release(model)
     log_results(cfg, result, bundle, inp)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import tempfile
 import traceback
@@ -15,12 +16,15 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from covers.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000
+_experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
+_checked_parents: set[tuple[str, str]] = set()  # (tracking URI, parent run id) MLflow checked in this process
 
 
 def resolve_sqlite_uri(uri: str | None) -> str | None:
@@ -51,10 +55,16 @@ def sqlite_init_lock(uri: str | None) -> Iterator[None]:
 def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, sqlite_wal: bool = True) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new).
     A SQLite store is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.sqlite_wal`)."""
+    uri = resolve_sqlite_uri(uri)
     if sqlite_wal:
-        use_wal(resolve_sqlite_uri(uri))
+        use_wal(uri)
+    known = _experiments.get((uri, experiment))
+    # a sweep's later trials in this process: the store and experiment are still the active ones
+    if known is not None and mlflow.get_tracking_uri() == uri and os.environ.get("MLFLOW_EXPERIMENT_ID") == known:
+        return known
     with sqlite_init_lock(uri):
-        return _setup_tracking(resolve_sqlite_uri(uri), experiment, artifact_root)
+        _experiments[(uri, experiment)] = _setup_tracking(uri, experiment, artifact_root)
+    return _experiments[(uri, experiment)]
 
 
 def _setup_tracking(uri: str, experiment: str, artifact_root: str | None) -> str:
@@ -119,7 +129,15 @@ def start_run(
     (Ctrl-C, or one of the ``stopped`` exceptions such as a pruned trial, whose message becomes tag ``stopped``)."""
     # tag values as strings: a tracking server's REST API rejects other types (a local SQLite store converts them)
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    parent = (mlflow.get_tracking_uri(), parent_run_id)
+    if parent_run_id and parent in _checked_parents and mlflow.active_run() is None:
+        # a sweep's later trials: MLflow's own check (exists, not deleted) re-reads the whole parent run, params
+        # and metrics, at every trial; the tag it would set is set here
+        run = mlflow.start_run(run_name=run_name, tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id})
+    else:
+        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+        if parent_run_id:
+            _checked_parents.add(parent)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield run

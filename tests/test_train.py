@@ -88,3 +88,20 @@ def test_nan_loss_stops_the_epoch_before_its_update_and_names_the_batch():
     with pytest.raises(NonFiniteLossError, match=r"in images 8-12 "):
         train_one_epoch(model, batches, loss_fn, opt, None, create_runtime("cpu", "fp32"))
     assert len(calls) == 3 and all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update applied
+
+
+def test_seed_everything_gives_timms_random_streams():
+    import random
+
+    import numpy as np
+
+    from covers.train import seed_everything
+
+    def draws():
+        return random.random(), np.random.rand(), torch.rand(3).tolist(), torch.randint(0, 100, (2,)).tolist()
+
+    timm.utils.random_seed(7)
+    expected = draws()
+    torch.rand(5), np.random.rand(4), random.random()  # move every stream on
+    seed_everything(7)
+    assert draws() == expected
