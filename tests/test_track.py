@@ -8,8 +8,13 @@ import pytest
 from covers.track import setup_tracking, start_run
 
 
-def test_experiment_is_looked_up_again_only_when_no_longer_active(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    """One MLflow store for this module's tests (creating one takes seconds); each test its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('track')}/mlflow.db"
+
+
+def test_experiment_is_looked_up_again_only_when_no_longer_active(uri, tmp_path, monkeypatch):
     first = setup_tracking(uri, "cached")
     looked_up = []
     real = mlflow.get_experiment_by_name
@@ -25,8 +30,7 @@ def test_experiment_is_looked_up_again_only_when_no_longer_active(tmp_path, monk
     assert mlflow.get_tracking_uri() == uri and mlflow.get_experiment(first).name == "cached"
 
 
-def test_a_deleted_experiment_still_fails_clearly(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_a_deleted_experiment_still_fails_clearly(uri):
     exp_id = setup_tracking(uri, "doomed")
     mlflow.delete_experiment(exp_id)  # by a user, between two trials
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"deleted|active"):
@@ -34,8 +38,8 @@ def test_a_deleted_experiment_still_fails_clearly(tmp_path):
         mlflow.start_run()
 
 
-def test_parent_run_is_checked_once_and_every_trial_is_nested_under_it(tmp_path, monkeypatch):
-    setup_tracking(f"sqlite:///{tmp_path}/mlflow.db", "nested")
+def test_parent_run_is_checked_once_and_every_trial_is_nested_under_it(uri, monkeypatch):
+    setup_tracking(uri, "nested")
     with mlflow.start_run(run_name="sweep") as parent:
         pass
     read = []
