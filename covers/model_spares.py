@@ -62,36 +62,39 @@ def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: t for k, t in chain(module._parameters.items(), module._buffers.items()) if t is not None}
 
 
-def _same_layout(own: nn.Module, ref: nn.Module) -> bool:
-    """Same class, the same children's names and the same direct tensors (names, shapes, dtypes)."""
+def _matching_tensors(own: nn.Module, ref: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """``(own tensor, ref tensor)`` pairs when ``own`` has ``ref``'s class, children's names and direct tensors
+    (names, shapes, dtypes); ``None`` when it does not."""
     if type(own) is not type(ref) or own._modules.keys() != ref._modules.keys():
-        return False
+        return None
     mine, theirs = _tensors(own), _tensors(ref)
-    return mine.keys() == theirs.keys() and all(
-        mine[k].shape == t.shape and mine[k].dtype == t.dtype for k, t in theirs.items()
-    )
+    if mine.keys() != theirs.keys() or any(
+        mine[k].shape != t.shape or mine[k].dtype != t.dtype for k, t in theirs.items()
+    ):
+        return None
+    return [(t, theirs[k]) for k, t in mine.items()]
 
 
 def restore(model: nn.Module, base: nn.Module) -> bool:
     """Make ``model`` equal to ``base`` in place; ``False`` (``model`` then unusable) where it cannot."""
-    if getattr(model, "_compiled_call_impl", None) is not None or not _same_layout(model, base):
+    root = _matching_tensors(model, base)
+    if getattr(model, "_compiled_call_impl", None) is not None or root is None:
         return False
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    stack = [(model, base)]
+    stack = [(model, base, root)]
     while stack:
-        own, ref = stack.pop()
+        own, ref, tensors = stack.pop()
         if any(len(getattr(own, h)) != len(getattr(ref, h)) for h in _HOOKS):
             return False
         own.training = ref.training
-        theirs = _tensors(ref)
-        pairs.extend((t, theirs[k]) for k, t in _tensors(own).items())
+        pairs += tensors
         for name, child in own._modules.items():
             ref_child = ref._modules[name]
             if child is None or ref_child is None:
                 if child is not ref_child:
                     return False
-            elif _same_layout(child, ref_child):
-                stack.append((child, ref_child))
+            elif (matched := _matching_tensors(child, ref_child)) is not None:
+                stack.append((child, ref_child, matched))
             else:  # swapped since, e.g. a frozen BatchNorm: a fresh copy of the base's
                 setattr(own, name, copy.deepcopy(ref_child))
     with torch.no_grad():
