@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import shutil
 import tempfile
 import traceback
@@ -16,6 +15,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from covers.sqlite_wal import use_wal
@@ -60,11 +60,11 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, 
         use_wal(uri)
     known = _experiments.get((uri, experiment))
     # a sweep's later trials in this process: the store and experiment are still the active ones
-    if known is not None and mlflow.get_tracking_uri() == uri and os.environ.get("MLFLOW_EXPERIMENT_ID") == known:
+    if known is not None and mlflow.get_tracking_uri() == uri and MLFLOW_EXPERIMENT_ID.get() == known:
         return known
     with sqlite_init_lock(uri):
-        _experiments[(uri, experiment)] = _setup_tracking(uri, experiment, artifact_root)
-    return _experiments[(uri, experiment)]
+        exp_id = _experiments[(uri, experiment)] = _setup_tracking(uri, experiment, artifact_root)
+    return exp_id
 
 
 def _setup_tracking(uri: str, experiment: str, artifact_root: str | None) -> str:
