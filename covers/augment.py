@@ -1,4 +1,8 @@
-"""Albumentations pipelines: training augmentation presets and the plain evaluation transform."""
+"""Albumentations pipelines: training augmentation presets and the plain evaluation transform.
+
+Both return ``(3, S, S)`` uint8 tensors: normalisation runs later, a batch at a time on the training device
+(:func:`covers.data.loaders.create_loader`). A quarter of the bytes of float32 travel from the loader workers
+through the pinned copy to the device, and the workers skip a per-image float pass (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -8,15 +12,13 @@ import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 
-def create_eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """Resize (a no-op for the decoded store) and normalise: what validation, test and inference get."""
-    return A.Compose([A.Resize(image_size, image_size), A.Normalize(mean=mean, std=std), ToTensorV2()])
+def create_eval_transform(image_size: int) -> A.Compose:
+    """Resize (a no-op for the decoded store): what validation and test batches get before normalisation."""
+    return A.Compose([A.Resize(image_size, image_size), ToTensorV2()])
 
 
 def create_train_transform(
     image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
     hflip: float = 0.0,
     scale: Sequence[float] | None = None,
     rotate: float = 0.0,
@@ -39,5 +41,5 @@ def create_train_transform(
     if color_jitter > 0:
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))
-    ops += [A.Normalize(mean=mean, std=std), ToTensorV2()]
+    ops.append(ToTensorV2())
     return A.Compose(ops, seed=seed)

@@ -28,9 +28,9 @@ def embed_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def normalized_batches(
     images: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int, rt: Runtime
 ) -> Iterator[torch.Tensor]:
-    """Batches of ``(N, S, S, 3)`` uint8 images (square, as the decoded store holds them), normalised as the
-    evaluation transform does (``(x - 255 mean) / (255 std)``), as ``(B, 3, S, S)`` float tensors on the runtime's
-    device. The uint8 batch is copied (a quarter of the bytes of float) and normalised there in one batched
+    """Batches of ``(N, S, S, 3)`` uint8 images (square, as the decoded store holds them), normalised as
+    albumentations' ``Normalize`` does (``(x - 255 mean) / (255 std)``), as ``(B, 3, S, S)`` float tensors on the
+    runtime's device. The uint8 batch is copied (a quarter of the bytes of float) and normalised there in one batched
     operation: on a GPU, normalising image by image on the host held embeddings to a fifth of the model's speed
     (docs/benchmarks.md)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:

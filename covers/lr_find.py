@@ -16,10 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
 from covers import track
-from covers.train import Runtime, to_device
+from covers.train import Batches, Runtime, to_device
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +70,14 @@ def suggest_lrs(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
     }
 
 
-def _batches(loader: DataLoader):
+def _batches(loader: Batches):
     while True:
         yield from loader
 
 
 def lr_range_test(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     loss_fn: nn.Module,
     optimizer: Optimizer,
     rt: Runtime,
@@ -143,7 +142,7 @@ def plot_lr_find(result: LRFindResult, title: str = "lr finder") -> plt.Figure:
 
 def find_lr(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     loss_fn: nn.Module,
     make_optimizer: Callable[..., Optimizer],
     rt: Runtime,

@@ -240,15 +240,16 @@ def build_training(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any], rt:
         model.compile()  # in place: state-dict keys stay those of the plain model
     train_images, train_labels = bundle.split("train")
     loss_fn = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, train_labels, len(bundle.classes)))
-    train_tf = instantiate(cfg.aug)(inp["image_size"], inp["mean"], inp["std"], seed=cfg.seed)
-    eval_tf = create_eval_transform(inp["image_size"], inp["mean"], inp["std"])
-    d, pin = cfg.data, rt.device.type == "cuda"
+    train_tf = instantiate(cfg.aug)(inp["image_size"], seed=cfg.seed)
+    eval_tf = create_eval_transform(inp["image_size"])
+    d = cfg.data
     sampler = d.get("sampler") or "shuffle"
     workers = loader_workers(d.get("num_workers"), rt)
+    common = {"mean": inp["mean"], "std": inp["std"], "device": rt.device, "num_workers": workers}
     train_loader = create_loader(
-        train_images, train_labels, train_tf, d.batch_size, True, workers, pin, cfg.seed, sampler
+        train_images, train_labels, train_tf, d.batch_size, True, seed=cfg.seed, sampler=sampler, **common
     )
-    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, workers, pin)
+    val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, **common)
     return Training(model, loss_fn, train_loader, val_loader)
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +18,13 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+
+# What the loops iterate: ``(images, targets)`` batches, e.g. ``covers.data.loaders.create_loader``'s (already on the
+# device, normalised) or tensors in memory
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,7 +113,7 @@ GPU_CHECK_EVERY = 32
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     loss_fn: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
@@ -166,7 +169,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Batches, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Logits and targets for every batch of ``loader``, in order."""
     model.eval()
     logits, targets = [], []
@@ -174,10 +177,10 @@ def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> tuple[np.ndarr
         with rt.autocast():
             logits.append(model(to_device(x, rt)).float())
         targets.append(y)
-    return torch.cat(logits).cpu().numpy(), torch.cat(targets).numpy()  # one copy back, not one wait per batch
+    return torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy()  # one copy back, not one per batch
 
 
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, rt: Runtime) -> dict:
+def evaluate(model: nn.Module, loader: Batches, loss_fn: nn.Module, rt: Runtime) -> dict:
     """``{"loss", "acc", "balanced_acc", "pred", "target"}`` on ``loader`` with the model in eval mode."""
     logits, target = predict(model, loader, rt)
     loss = loss_fn.to("cpu")(torch.from_numpy(logits), torch.from_numpy(target)).item()
@@ -202,8 +205,8 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: Batches,
+    val_loader: Batches,
     loss_fn: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,

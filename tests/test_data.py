@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import zipfile
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
+from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
-from covers.augment import create_train_transform
+from covers.augment import create_eval_transform, create_train_transform
 from covers.data import build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.demo import GENRES, ensure_demo
 from covers.data.loaders import create_loader
@@ -148,8 +150,38 @@ def test_missing_source_is_a_clear_error(tmp_path):
         prepare_data("archives", 32, tmp_path, source=str(tmp_path / "nope"))
 
 
+NORM = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+
 def _epoch(loader) -> torch.Tensor:
     return torch.cat([x for x, _ in loader])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_sends_uint8_and_normalises_whole_batches(workers):
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(10) % 3
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert create_eval_transform(16)(image=images[0])["image"].dtype == torch.uint8
+    loader = create_loader(images, labels, create_eval_transform(16), 4, False, mean=mean, std=std, num_workers=workers)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    reference = A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()])  # albumentations, image by image
+    expected = torch.stack([reference(image=im)["image"] for im in images])
+    assert all(x.dtype == torch.float32 for x, _ in batches)
+    assert torch.allclose(_epoch(batches), expected, atol=1e-5)
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.as_tensor(labels))
+
+
+def test_loader_refuses_a_transform_that_normalises():
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    normalising = A.Compose([A.Normalize(), ToTensorV2()])
+    loader = create_loader(images, np.zeros(4, dtype=np.int64), normalising, 2, False, **NORM)
+    with pytest.raises(TypeError, match=r"Tensor of torch\.float32.*leave Normalize out"):
+        next(iter(loader))
+    no_tensor = create_loader(images, np.zeros(4, dtype=np.int64), A.Compose([]), 2, False, **NORM)
+    with pytest.raises(TypeError, match=r"ndarray of uint8.*end custom augmentation with ToTensorV2"):
+        next(iter(no_tensor))
 
 
 def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
@@ -157,11 +189,10 @@ def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
     labels = np.zeros(16, dtype=np.int64)
 
     def aug(seed):
-        return create_train_transform(24, (0.5,) * 3, (0.5,) * 3, hflip=0.5, scale=(0.5, 1.0), rotate=10, seed=seed)
+        return create_train_transform(24, hflip=0.5, scale=(0.5, 1.0), rotate=10, seed=seed)
 
-    def epoch(seed, workers):
-        loader = create_loader(images, labels, aug(seed), 4, False, num_workers=workers)  # in order: same images
-        return _epoch(loader)
+    def epoch(seed, workers):  # in order: the same images in the same places
+        return _epoch(create_loader(images, labels, aug(seed), 4, False, num_workers=workers, **NORM))
 
     assert torch.equal(epoch(0, 0), epoch(0, 0)) and not torch.equal(epoch(0, 0), epoch(1, 0))
     # two workers: repeatable, and not the same draws in both (each batch of 4 images is one worker's)
@@ -169,7 +200,7 @@ def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
     assert torch.equal(two, epoch(0, 2))
     identical = aug(0)
     same_images = np.repeat(images[:1], 16, axis=0)  # one image everywhere: only the random draws differ
-    by_worker = _epoch(create_loader(same_images, labels, identical, 4, False, num_workers=2))
+    by_worker = _epoch(create_loader(same_images, labels, identical, 4, False, num_workers=2, **NORM))
     assert not torch.equal(by_worker[:4], by_worker[4:8])
 
 

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from covers.augment import create_eval_transform
+from covers.embed import normalized_batches
 from covers.freeze import freeze_groups, layer_groups
 from covers.losses import FocalLoss, create_cross_entropy
 from covers.models import WeightsUnavailableError, create_model, map_state_dict_in_order, package_weights_path
+from covers.train import create_runtime
 
 # ImageNet classes for trucks and vans
 TRUCKS = {555, 569, 654, 656, 675, 717, 734, 864, 867}
@@ -39,11 +40,10 @@ def test_package_weights_give_confident_imagenet_predictions(cifar_covers):
     # reset_classifier re-initialised the head: put the ImageNet head back for this check
     source = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True, map_location="cpu")
     model.load_state_dict(map_state_dict_in_order(model, source))
-    tf = create_eval_transform(224, (0.5,) * 3, (0.5,) * 3)
     with zipfile.ZipFile(cifar_covers / "truck.zip") as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".png"))[:8]
         imgs = [Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((224, 224), Image.BICUBIC) for n in names]
-    x = torch.stack([tf(image=np.asarray(im))["image"] for im in imgs])
+    (x,) = normalized_batches(np.stack(imgs), (0.5,) * 3, (0.5,) * 3, 8, create_runtime("cpu", "fp32"))
     with torch.no_grad():
         p = model(x).softmax(-1)
     top1 = p.argmax(-1).tolist()

@@ -109,8 +109,8 @@ def test_registry_model_predicts_like_the_in_process_model(store, tmp_path):
     bundle = prepare_data("demo", meta["image_size"], store["demo"].parent, demo={"per_class": 20})
     assert bundle.manifest_hash == meta["manifest_hash"]
     images, labels = bundle.split("test")
-    transform = create_eval_transform(meta["image_size"], meta["mean"], meta["std"])
-    loader = create_loader(images, labels, transform, 64, False)
+    transform = create_eval_transform(meta["image_size"])
+    loader = create_loader(images, labels, transform, 64, False, mean=meta["mean"], std=meta["std"])
     logits, _ = predict(net, loader, create_runtime("cpu", "fp32"))
     expected = [meta["classes"][i] for i in logits.argmax(1)]
 

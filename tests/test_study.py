@@ -81,21 +81,22 @@ def test_imbalance_through_config(make_cfg):
 
 
 def identity(image: np.ndarray) -> dict:
-    """An albumentations-shaped no-op transform."""
-    return {"image": image}
+    """An albumentations-shaped transform that only makes a (3, H, W) uint8 tensor (as ``ToTensorV2`` does)."""
+    return {"image": torch.from_numpy(image).permute(2, 0, 1)}
 
 
 def test_balanced_sampler_draws_classes_uniformly():
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
     images = np.zeros((len(labels), 2, 2, 3), dtype=np.uint8)
-    loader = create_loader(images, labels, identity, 100, True, seed=0, sampler="balanced")
+    norm = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+    loader = create_loader(images, labels, identity, 100, True, seed=0, sampler="balanced", **norm)
     drawn = np.concatenate([y.numpy() for _ in range(3) for _, y in loader])
     shares = np.bincount(drawn, minlength=3) / len(drawn)
     assert len(drawn) == 3000 and np.allclose(shares, 1 / 3, atol=0.04), shares
-    plain = create_loader(images, labels, identity, 100, True)
+    plain = create_loader(images, labels, identity, 100, True, **norm)
     assert np.bincount(np.concatenate([y.numpy() for _, y in plain]))[2] == 10
     with pytest.raises(ValueError, match=r"data\.sampler"):
-        create_loader(images, labels, identity, 100, True, sampler="nope")
+        create_loader(images, labels, identity, 100, True, sampler="nope", **norm)
 
 
 def test_balanced_class_weights():

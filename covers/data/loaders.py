@@ -1,18 +1,20 @@
-"""Torch datasets over the decoded uint8 store, and their DataLoaders."""
+"""Torch datasets over the decoded uint8 store, and their DataLoaders (batches normalised on the device)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from timm.data.loader import PrefetchLoader
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 SAMPLERS = ("shuffle", "balanced")
 
 
 class ArrayDataset(Dataset):
-    """Images from an ``(N, H, W, 3)`` uint8 array with integer labels, through an albumentations transform."""
+    """Images from an ``(N, H, W, 3)`` uint8 array with integer labels, through an albumentations transform that
+    returns uint8 tensors (:mod:`covers.augment`; the loader normalises whole batches on the device)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -21,7 +23,15 @@ class ArrayDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+        image = self.transform(image=self.images[i])["image"]
+        if not (isinstance(image, torch.Tensor) and image.dtype == torch.uint8):  # else: normalised twice, silently
+            got = f"{type(image).__name__} of {getattr(image, 'dtype', '?')}"
+            raise TypeError(
+                f"the image transform returned a {got}; the loader takes (3, H, W) uint8 tensors and normalises "
+                "whole batches on the device: end custom augmentation with ToTensorV2 and leave Normalize out "
+                "(covers.augment)"
+            )
+        return image, int(self.labels[i])
 
 
 def seed_worker(worker_id: int) -> None:
@@ -48,25 +58,34 @@ def create_loader(
     transform: Callable,
     batch_size: int,
     train: bool,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
     num_workers: int = 0,
-    pin_memory: bool = False,
     seed: int = 0,
     sampler: str = "shuffle",
-) -> DataLoader:
-    """A DataLoader: for training shuffled (seeded) or class-balanced (``sampler="balanced"``), else in order."""
+) -> PrefetchLoader:
+    """Batches ``(x, y)`` on ``device``, ``x`` float32 normalised with ``mean``/``std`` (fractions of 255).
+
+    Training batches are shuffled (seeded) or class-balanced (``sampler="balanced"``), others come in order. The
+    DataLoader's workers send uint8 images; timm's ``PrefetchLoader`` copies each batch (pinned memory, on CUDA a
+    side stream that overlaps the previous step) and normalises it there in one batched operation."""
     if sampler not in SAMPLERS:
         raise ValueError(f"data.sampler={sampler!r}; choose one of {SAMPLERS}")
     balanced = train and sampler == "balanced"
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)  # the shuffle order and the workers' seeds
-    return DataLoader(
+    loader = DataLoader(
         ArrayDataset(images, labels, transform),
         batch_size=batch_size,
         shuffle=train and not balanced,
         sampler=create_balanced_sampler(labels, seed) if balanced else None,
         drop_last=train and len(labels) > batch_size,
         num_workers=num_workers,
-        pin_memory=pin_memory,
+        pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker if num_workers > 0 else None,
         generator=generator,
     )
+    return PrefetchLoader(loader, tuple(mean), tuple(std), device=device)
