@@ -5,9 +5,10 @@
 #     per DataLoader worker count, embeddings;
 #  3. end to end on generated demo data (400 covers per genre): one training (device=auto: CUDA, AMP,
 #     channels_last, pinned memory, cudnn benchmark, loader workers) and a 3-trial sweep;
-#  4. benchmarks.trainer at 128 px / batch 64, benchmarks.runtime (bf16 default vs contiguous, fp32, fp16;
-#     ResNet-50 at 224 px; twice the step limit: every variant's warm-up pays cuDNN's cold set-up), and the
-#     end-to-end training with torch.compile (most expensive, so last).
+#  4. benchmarks.loader (uint8 batches normalised on the device vs float32 ones, 0/4/8 workers), benchmarks.trainer
+#     at 128 px / batch 64, benchmarks.runtime (bf16 default vs contiguous, fp32, fp16; ResNet-50 at 224 px; twice
+#     the step limit: every variant's warm-up pays cuDNN's cold set-up), and the end-to-end training with
+#     torch.compile (most expensive, so last).
 # Figures go to stdout; JSON results and logs to $OUT (at most 8 files). Each step has its own time limit so that
 # one slow step does not take the others with it. On a machine without a package index, install the wheels that
 # benchmarks/gpu_wheels.sh downloads first. Figures from an H200: docs/benchmarks.md.
@@ -60,6 +61,7 @@ step trainer_default python3 -m benchmarks.trainer --device "$DEVICE" --workers 
 e2e train trainer.epochs=3 tracking.experiment=gpu-check
 e2e sweep -m hydra.sweeper.n_trials=3 "trainer.epochs=choice(2)" hydra.sweeper.study_name=gpu-check \
     tracking.experiment=gpu-check
+step loader python3 -m benchmarks.loader --device "$DEVICE" --sizes 64 "$SIZE" --workers 0 4 8 --json "$OUT/loader.json"
 step trainer_big python3 -m benchmarks.trainer --device "$DEVICE" --size "$SIZE" --batch 64 --batches 30 \
     --workers 0 2 4 8 --json "$OUT/trainer_big.json"
 LIMIT=$((LIMIT * 2)) step runtime python3 -m benchmarks.runtime --device "$DEVICE" --size "$SIZE" --batch 64 \

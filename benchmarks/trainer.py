@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from benchmarks._timing import best_of, machine, model_parser, report
-from covers.augment import create_eval_transform, create_train_transform
+from covers.augment import create_train_transform
 from covers.data.loaders import create_loader
-from covers.embed import embed_batch, embed_images
+from covers.embed import embed_batch, embed_images, normalized_batches
 from covers.models import create_model
 from covers.train import Runtime, create_runtime, to_device, train_one_epoch
 
@@ -114,10 +114,10 @@ def run(
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, classes, size=n_images)
-    aug = create_train_transform(size, (0.5,) * 3, (0.5,) * 3, hflip=0.5, scale=(0.7, 1.0), rotate=10, color_jitter=0.2)
-    pin = rt.device.type == "cuda"
+    aug = create_train_transform(size, hflip=0.5, scale=(0.7, 1.0), rotate=10, color_jitter=0.2)
+    norm = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "device": rt.device}
     for n_workers in workers:
-        loader = create_loader(images, labels, aug, batch, True, num_workers=n_workers, pin_memory=pin)
+        loader = create_loader(images, labels, aug, batch, True, num_workers=n_workers, **norm)
         covers_train(copy.deepcopy(base), loader, rt=rt)  # starts the persistent workers
         data_t = best_of(lambda loader=loader: covers_train(copy.deepcopy(base), loader, rt=rt), repeats)
         tensors_t = best_of(lambda: covers_train(copy.deepcopy(base), on_device, rt=rt), repeats)
@@ -132,8 +132,7 @@ def run(
 
     # (3) embedding extraction vs a bare forward pass
     backbone = rt.place(create_model(model_name, 0, weights="none").eval())
-    x_eval = create_eval_transform(size, (0.5,) * 3, (0.5,) * 3)
-    pre = torch.stack([x_eval(image=im)["image"] for im in images]).to(rt.device)
+    pre = torch.cat(list(normalized_batches(images, (0.5,) * 3, (0.5,) * 3, 256, rt)))
 
     def bare_embed() -> None:
         with torch.no_grad(), rt.autocast():

@@ -7,7 +7,7 @@ import math
 import subprocess
 import sys
 
-from benchmarks import faiss_index, runtime, sweep, trainer
+from benchmarks import faiss_index, loader, runtime, sweep, trainer
 from tests.conftest import ROOT
 
 
@@ -20,6 +20,13 @@ def test_trainer_benchmark_smoke():
     names = [r["row"] for r in result["rows"]]
     assert names[0] == "trainer vs bare loop" and names[-1] == "embedding vs bare forward" and len(names) == 4
     assert _finite(result["rows"]) and all(r["ratio"] > 0 for r in result["rows"])
+
+
+def test_loader_benchmark_smoke():
+    result = loader.run(smoke=True, sizes=(32,), workers=(0, 1), batch=8)
+    rows = [(r["workers"], r["design"]) for r in result["rows"]]
+    assert rows == [(0, "uint8"), (0, "float32"), (1, "uint8"), (1, "float32")] and result["images"] == 16
+    assert _finite(result["rows"]) and all(r["img_s"] > 0 and r["main_cpu_us_per_img"] >= 0 for r in result["rows"])
 
 
 def test_runtime_benchmark_smoke():
