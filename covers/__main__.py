@@ -9,17 +9,18 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from covers.inputs import InputItem, iter_inputs, read_cover
 
 DEFAULT_MODEL = "models:/covers-genre@champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHUNK = 256
+CHUNK_BYTES = 256 * 2**20  # encoded bytes held at once (each member is within ingest's limits, see covers.inputs)
 
 
 def positive_int(text: str) -> int:
@@ -57,18 +58,27 @@ def load_model(uri: str, tracking_uri: str):
     import mlflow
 
     from covers.serving import quiet_any_hint
-    from covers.track import resolve_sqlite_uri
+    from covers.track import check_sqlite_store, resolve_sqlite_uri
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(f"no MLflow store at {tracking_uri} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
-    mlflow.set_tracking_uri(resolve_sqlite_uri(tracking_uri))
+    store = resolve_sqlite_uri(tracking_uri)
+    check_sqlite_store(store, write=False)
+    mlflow.set_tracking_uri(store)
     with quiet_any_hint():
         return mlflow.pyfunc.load_model(uri)
 
 
-def chunks(items: Iterator[InputItem], size: int) -> Iterator[list[InputItem]]:
-    """Consecutive lists of at most ``size`` items."""
-    while chunk := list(islice(items, size)):
+def chunks(items: Iterator[InputItem], size: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[InputItem]]:
+    """Consecutive lists of at most ``size`` items, each ended as soon as its covers' bytes reach ``max_bytes``."""
+    chunk, nbytes = [], 0
+    for item in items:
+        chunk.append(item)
+        nbytes += len(item.data or b"")
+        if len(chunk) == size or nbytes >= max_bytes:
+            yield chunk
+            chunk, nbytes = [], 0
+    if chunk:
         yield chunk
 
 
@@ -137,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"predict": cmd_predict, "similar": cmd_similar}[args.command](args)
     except (OSError, ValueError, LookupError, RuntimeError, MlflowException) as e:  # one line, no traceback
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as e:  # the store failed under MLflow: the database's own message, not the SQL
+        cause = getattr(e, "orig", None) or e
+        print(f"error: MLflow store {args.tracking_uri}: {type(cause).__name__}: {cause}", file=sys.stderr)
         return 2
 
 

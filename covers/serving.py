@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from covers import knn
+from covers.data._members import IngestLimits
 from covers.data.archives import decode_rgb, fit_square, to_rgb
 from covers.embed import create_backbone, embed_images, map_batches
 from covers.train import Runtime, create_runtime
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     import faiss
 
 GALLERY_COLUMNS = ["archive", "member", "genre"]
+# encoded covers are decoded within ingest's pixel limit (checked from the image header, before decoding)
+MAX_PIXELS = IngestLimits().max_pixels
 # MLflow warns that the pyfunc's ``list[Any]`` input is not validated: deliberate, inputs are checked per item
 _ANY_HINT_WARNING = re.compile(r".*Any type hint is inferred as AnyType")
 
@@ -54,11 +57,13 @@ def quiet_any_hint() -> Iterator[None]:
 
 
 def read_image(item: Any) -> Image.Image:
-    """An RGB image from a file path, encoded bytes, base64 text, an ``(H, W[, 3|4])`` array or a PIL image."""
+    """An RGB image from a file path, encoded bytes, base64 text, an ``(H, W[, 3|4])`` array or a PIL image.
+
+    Encoded images over :data:`MAX_PIXELS` raise ``Image.DecompressionBombError`` before they are decoded."""
     if isinstance(item, Image.Image):
         return to_rgb(item)
     if isinstance(item, bytes | bytearray):
-        return decode_rgb(bytes(item))[0]
+        return decode_rgb(bytes(item), MAX_PIXELS)[0]
     if isinstance(item, str | Path):
         path = Path(item)
         try:
@@ -66,10 +71,10 @@ def read_image(item: Any) -> Image.Image:
         except OSError:  # e.g. base64 text longer than a file name may be
             is_file = False
         if is_file:
-            return decode_rgb(path.read_bytes())[0]
+            return decode_rgb(path.read_bytes(), MAX_PIXELS)[0]
         if isinstance(item, str) and len(item) > 64:
             try:
-                return decode_rgb(base64.b64decode("".join(item.split())))[0]
+                return decode_rgb(base64.b64decode("".join(item.split())), MAX_PIXELS)[0]
             except (binascii.Error, ValueError, OSError) as e:
                 raise ValueError("neither an existing file nor base64-encoded image data") from e
         raise FileNotFoundError(f"no such file: {item}")

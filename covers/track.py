@@ -5,15 +5,18 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
+import sqlite3
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from hydra.errors import CompactHydraException
 from mlflow.entities import RunStatus
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -34,6 +37,31 @@ def resolve_sqlite_uri(uri: str | None) -> str | None:
     path = Path(uri.removeprefix("sqlite:///")).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+class StoreError(CompactHydraException, ValueError):
+    """A store (MLflow's or Optuna's) that cannot be used: Hydra prints the message alone, the CLI one line."""
+
+
+def check_sqlite_store(uri: str | None, write: bool = True, what: str = "MLflow store") -> None:
+    """Fail at once, in one line, on an existing SQLite store that cannot be used (before MLflow's or Optuna's
+    retries): not a SQLite database (a corrupt file), or read-only where ``write``. Other URLs and a store not made
+    yet pass. Raises :class:`StoreError`."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)  # SQLite writes journals beside it
+    if write and not writable:
+        raise StoreError(f"the {what} {path} is read-only: runs cannot be written (make it writable)")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header and the schema
+    except sqlite3.DatabaseError as e:
+        if not writable:  # a WAL-mode store cannot be read without writing beside it
+            raise StoreError(f"the {what} {path} is read-only and cannot be opened so: {e}") from None
+        raise StoreError(f"the {what} {path} is not a SQLite database (a corrupt file?): {e}") from None
 
 
 @contextmanager
@@ -62,6 +90,7 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, 
     # a sweep's later trials in this process: the store and experiment are still the active ones
     if known is not None and mlflow.get_tracking_uri() == uri and MLFLOW_EXPERIMENT_ID.get() == known:
         return known
+    check_sqlite_store(uri)
     with sqlite_init_lock(uri):
         exp_id = _experiments[(uri, experiment)] = _setup_tracking(uri, experiment, artifact_root)
     return exp_id

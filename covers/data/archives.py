@@ -6,9 +6,8 @@ import hashlib
 import io
 import logging
 import warnings
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from covers.data._members import IngestLimits, is_unsafe, read_folder, read_zip
+from covers.data._members import IngestLimits, read_members
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ REASONS = (
     "not_archive",
     "broken_archive",
     "unsafe_path",
+    "bad_name",
+    "missing",
     "junk",
     "empty",
     "not_image",
@@ -33,6 +34,7 @@ REASONS = (
     "too_small",
     "duplicate",
     "cross_class_duplicate",
+    "sha256_mismatch",
 )
 Measure = Callable[[Image.Image], dict[str, Any]]
 
@@ -130,28 +132,6 @@ def iter_entries(source: Path) -> Iterator[tuple[str, str, Path]]:
             yield path.name, "", path
 
 
-def iter_member_bytes(source: Path, archive: str, members: list[str] | None = None) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(member, bytes)`` from one archive or class folder, in memory (nothing is extracted).
-
-    With ``members`` given, only those are read (in that order)."""
-    path = source / archive
-    if path.is_dir():
-        names = (
-            members
-            if members is not None
-            else sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-        )
-        for name in names:
-            if is_unsafe(name):
-                raise ValueError(f"unsafe member path {name!r}")
-            yield name, (path / name).read_bytes()
-        return
-    with zipfile.ZipFile(path) as zf:
-        names = members if members is not None else [i.filename for i in zf.infolist() if not i.is_dir()]
-        for name in names:
-            yield name, zf.read(name)
-
-
 def check_member(
     archive: str, label: str, member: str, data: bytes, limits: IngestLimits
 ) -> tuple[Cover | Rejection, Image.Image | None]:
@@ -185,8 +165,7 @@ def iter_source(source: Path, limits: IngestLimits) -> Iterator[tuple[Cover | Re
         if not label:
             yield Rejection(archive, "", "not_archive", "not a .zip archive or class folder; skipped"), None
             continue
-        reader = read_folder if path.is_dir() else read_zip
-        for read in reader(path, limits):
+        for read in read_members(path, limits):
             if read.reason:
                 yield Rejection(archive, read.member, read.reason, read.detail), None
             else:
@@ -206,15 +185,17 @@ def scan_source(source: str | Path, limits: IngestLimits | None = None, measure:
             continue
         result.covers.append(item)
         result.measures.append(measure(im) if measure else {})
-    if result.rejected:
-        log.warning(
-            "skipped %d of %d members: %s",
-            len(result.rejected),
-            len(result.rejected) + len(result.covers),
-            dict(result.reasons()),
-        )
-        for r in result.rejected[:20]:
-            log.warning("  skipped %s:%s (%s: %s)", r.archive, r.member, r.reason, r.detail)
+    log_rejections(result.rejected, len(result.rejected) + len(result.covers), "skipped", "members")
     if not result.covers:
         raise ValueError(f"no usable images found in {source} (rejections: {dict(result.reasons())})")
     return result
+
+
+def log_rejections(rejected: Sequence[Rejection], total: int, verb: str, what: str) -> None:
+    """Warn with the count by reason, then the first 20 rejections by name (e.g. "skipped 2 of 9 members")."""
+    if not rejected:
+        return
+    reasons = dict(Counter(r.reason for r in rejected))
+    log.warning("%s %d of %d %s: %s", verb, len(rejected), total, what, reasons)
+    for r in rejected[:20]:
+        log.warning("  %s %s:%s (%s: %s)", verb, r.archive, r.member, r.reason, r.detail)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
-from covers.data.archives import decode_rgb, fit_square, iter_member_bytes
+from covers.data._members import IngestLimits, read_members
+from covers.data.archives import decode_rgb, fit_square
 from covers.data.split import content_hash
 
 log = logging.getLogger(__name__)
@@ -19,8 +21,12 @@ log = logging.getLogger(__name__)
 _MEMORY: dict[Path, np.ndarray] = {}
 
 
-def decode_rows(source: Path, rows: pd.DataFrame, size: int, progress: bool = True) -> np.ndarray:
-    """Decode ``rows`` (manifest order) to an ``(N, size, size, 3)`` uint8 array, reading each archive once."""
+def decode_rows(
+    source: Path, rows: pd.DataFrame, size: int, progress: bool = True, limits: IngestLimits | None = None
+) -> np.ndarray:
+    """Decode ``rows`` (manifest order) to an ``(N, size, size, 3)`` uint8 array, reading each archive once within
+    the ingest ``limits``; a member that cannot be read or decoded stops it with an error naming the member."""
+    limits = limits or IngestLimits()
     out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
     by_archive: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for i, (archive, member) in enumerate(zip(rows["archive"], rows["member"], strict=True)):
@@ -28,16 +34,30 @@ def decode_rows(source: Path, rows: pd.DataFrame, size: int, progress: bool = Tr
     bar = tqdm(total=len(rows), desc=f"decode {size}px", disable=None if progress else True, leave=False)
     for archive, items in by_archive.items():
         members = [m for _, m in items]
-        for (i, _), (_, data) in zip(items, iter_member_bytes(source, archive, members), strict=True):
-            im, _ = decode_rgb(data)
+        for (i, member), read in zip(items, read_members(source / archive, limits, members), strict=True):
+            if read.reason:
+                raise ValueError(f"cannot read {archive}:{member} from {source}: {read.reason}: {read.detail}")
+            try:
+                im, _ = decode_rgb(read.data, limits.max_pixels)
+            except (
+                Image.DecompressionBombError,
+                Image.DecompressionBombWarning,
+                OSError,
+                ValueError,
+                SyntaxError,
+            ) as e:
+                raise ValueError(f"cannot decode {archive}:{member} from {source}: {e}") from e
             out[i] = fit_square(im, size)
             bar.update()
     bar.close()
     return out
 
 
-def load_image_store(source: str | Path, manifest: pd.DataFrame, size: int, cache_dir: str | Path) -> np.ndarray:
-    """The decoded images for ``manifest`` at ``size`` px, from memory, the disk cache, or decoded now.
+def load_image_store(
+    source: str | Path, manifest: pd.DataFrame, size: int, cache_dir: str | Path, limits: IngestLimits | None = None
+) -> np.ndarray:
+    """The decoded images for ``manifest`` at ``size`` px, from memory, the disk cache, or decoded now (within the
+    ingest ``limits``).
 
     Keyed by (manifest content, size), so every trial and epoch of a sweep reuses one decode."""
     path = Path(cache_dir) / "decoded" / f"{content_hash(manifest)}-{size}px.npy"
@@ -51,7 +71,7 @@ def load_image_store(source: str | Path, manifest: pd.DataFrame, size: int, cach
             _MEMORY[path] = images
             return images
     log.info("decoding %d images at %dpx into %s", len(manifest), size, path)
-    images = decode_rows(Path(source), manifest, size, progress=True)
+    images = decode_rows(Path(source), manifest, size, progress=True, limits=limits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, images)

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from covers.data._members import IngestLimits
-from covers.data.archives import iter_entries
+from covers.data.archives import iter_entries, log_rejections
 from covers.data.cache import load_image_store
+from covers.data.checks import check_manifest
 from covers.data.clean import clean_source
 from covers.data.dedup import DuplicateRules
 from covers.data.demo import ensure_demo
@@ -100,11 +101,11 @@ def resolve_manifest(
 ) -> tuple[pd.DataFrame, Path]:
     """Load the given manifest, or the cached one for this source, cleaning and split, or clean and split now.
 
-    A new manifest goes through the same cleaning as the audit (rejections, duplicates, look-alike groups)."""
-    if manifest:
-        path = Path(manifest)
-        return read_manifest(path), path
+    A new manifest goes through the same cleaning as the audit (rejections, duplicates, look-alike groups); a given
+    one through the ingest checks (:func:`given_manifest`)."""
     limits, rules = limits or IngestLimits(), rules or DuplicateRules()
+    if manifest:
+        return given_manifest(source, Path(manifest), cache_dir, limits)
     key = (
         f"{source.name}-{source_fingerprint(source)}-clean{cleaning_key(limits, rules)}"
         f"-seed{split_seed}-v{val_fraction}-t{test_fraction}"
@@ -118,6 +119,23 @@ def resolve_manifest(
     write_manifest(clean.manifest, path)
     log.info("wrote manifest %s (%s)", path, clean.manifest["split"].value_counts().to_dict())
     return clean.manifest, path
+
+
+def given_manifest(source: Path, path: Path, cache_dir: Path, limits: IngestLimits) -> tuple[pd.DataFrame, Path]:
+    """The rows of the manifest at ``path`` that pass the ingest checks against ``source``; rejected rows are
+    logged with their reasons and the rest written under ``cache_dir`` (the file the run logs and trains on)."""
+    df = read_manifest(path)
+    kept, rejected = check_manifest(source, df, limits)
+    if not rejected:
+        return df, path
+    log_rejections(rejected, len(df), "rejected", "manifest rows")
+    if kept.empty:
+        reasons = dict(Counter(r.reason for r in rejected))
+        raise ValueError(f"no row of manifest {path} passes the ingest checks against {source} ({reasons})")
+    checked = cache_dir / "manifests" / f"{path.stem}-checked-{content_hash(kept)}.csv"
+    if not checked.exists():
+        write_manifest(kept, checked)
+    return kept, checked
 
 
 # bundles of this process by settings and source state, each with its manifest file's (size, mtime) when built
@@ -144,14 +162,23 @@ def prepare_data(
     cache_dir = Path(cache_dir)
     src = resolve_source(name, source, cache_dir, demo)
     settings = [image_size, split_seed, val_fraction, test_fraction, limits and asdict(limits), rules and asdict(rules)]
-    key = json.dumps([str(src), source_fingerprint(src), str(cache_dir.resolve()), manifest, *settings], default=str)
+    given = manifest and _file_state(Path(manifest))  # the bundle may hold a checked copy: the given file counts
+    key = json.dumps(
+        [str(src), source_fingerprint(src), str(cache_dir.resolve()), manifest, given, *settings], default=str
+    )
     state, bundle = _BUNDLES.get(key, (None, None))
     if bundle is not None and state == _file_state(bundle.manifest_path):
         return bundle
     df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction, limits, rules)
     classes = sorted(df["label"].unique())
+    if len(classes) < 2:
+        found = f"{len(classes)} class{'' if len(classes) == 1 else 'es'} ({', '.join(map(repr, classes))})"
+        raise ValueError(
+            f"the data hold {found}: a classifier needs at least 2 classes, one <Genre>.zip or <Genre>/ folder "
+            f"each in data.source={src} (manifest {path})"
+        )
     labels = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
-    images = load_image_store(src, df, image_size, cache_dir)
+    images = load_image_store(src, df, image_size, cache_dir, limits)
     bundle = DataBundle(src, path, df, classes, images, labels)
     _BUNDLES[key] = (_file_state(path), bundle)
     while len(_BUNDLES) > 4:

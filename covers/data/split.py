@@ -30,13 +30,13 @@ def assign_splits(
     """Return a ``train``/``val``/``test`` label per item, stratified by class, groups never straddling splits.
 
     Uses scikit-learn's :class:`StratifiedGroupKFold` with ``round(1/fraction)`` folds: one fold is the test set,
-    one the validation set (8:1:1 for the default 0.1/0.1)."""
+    one the validation set (8:1:1 for the default 0.1/0.1). A class too small to reach every split is named in a
+    warning with where its images went."""
     n_folds = max(2, round(1.0 / min(f for f in (val_fraction, test_fraction) if f > 0)))
-    _, counts = np.unique(labels, return_counts=True)
+    classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 3:
-        raise ValueError(
-            f"every class needs at least 3 images for a train/val/test split (smallest has {counts.min()})"
-        )
+        small = ", ".join(f"{str(c)!r} has {n}" for c, n in zip(classes, counts, strict=True) if n < 3)
+        raise ValueError(f"every class needs at least 3 images for a train/val/test split: {small}")
     n_groups = len(np.unique(groups))
     if n_groups < n_folds or counts.max() < n_folds:
         raise ValueError(
@@ -52,7 +52,27 @@ def assign_splits(
     split = np.full(len(labels), "train", dtype=object)
     split[folds < n_test] = "test"
     split[(folds >= n_test) & (folds < n_test + n_val)] = "val"
+    _warn_missing_splits(labels, split, [s for s, n in (("val", n_val), ("test", n_test)) if n], n_folds)
     return split
+
+
+def _warn_missing_splits(labels: np.ndarray, split: np.ndarray, wanted: list[str], n_folds: int) -> None:
+    """Warn, naming the class, where a class too small for the split has no image in a ``wanted`` split."""
+    for c in np.unique(labels):
+        where = split[labels == c]
+        missing = [s for s in wanted if s not in where]
+        if missing:
+            counts = ", ".join(f"{int((where == s).sum())} {s}" for s in SPLITS)
+            log.warning(
+                "class %r (%d images) has none in %s: it is split %s (a %d-fold split needs %d per class to reach "
+                "every split)",
+                str(c),
+                len(where),
+                "/".join(missing),
+                counts,
+                n_folds,
+                n_folds,
+            )
 
 
 def build_manifest(
