@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+import yaml
 
 from covers.results import write_results
 from covers.sweep.search_space import SearchSpaceError, parse_params
@@ -110,3 +112,64 @@ def test_trials_table_with_an_unfinished_trial():
     study.ask()
     table = trials_table(study)
     assert list(table["state"]) == ["RUNNING"] and table["duration_s"].isna().all()
+
+
+# values a user may pass to a single run; each must reach a trial exactly as Hydra parses it for that run
+HOSTILE_VALUES = {
+    "url": "sqlite:///x/mlflow.db",
+    "space": "'my runs/root'",
+    "quote": '"it\'s"',
+    "equals": "'a=b'",
+    "comma": "'a,b'",
+    "unicode": "'ünïcødé ☃'",
+    "backslash": "'C:\\dir\\\\'",  # a trailing backslash is escaped, as Hydra requires
+}
+
+
+@pytest.mark.parametrize("text", ["a b", "it's", "x:y", "ünï", "C:\\dir\\", "a\\'b", "a=b", "'q'", "", "1", "null"])
+def test_sampled_strings_round_trip(text):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from covers.sweep.search_space import format_override
+
+    (override,) = OverridesParser.create().parse_overrides([format_override("k", text)])
+    assert override.value() == text and isinstance(override.value(), str)
+
+
+def test_choices_are_values_not_override_text():
+    distributions, _ = parse_params({"a": "choice('x y', 'p:q', 1, '2')"})
+    assert distributions["a"].choices == ("x y", "p:q", 1, "2")
+    with pytest.raises(SearchSpaceError, match="config group"):
+        parse_params({"a": "choice([1,2],[3])"})
+
+
+def test_fixed_values_reach_every_trial_unchanged(tmp_path, cache_dir):
+    """Fixed overrides pass through a real sweep as the user wrote them (URLs, spaces, quotes, =, commas, unicode)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    store = tmp_path / "my store" / "mlflow.db"
+    probes = [f"+probe.{k}={v}" for k, v in HOSTILE_VALUES.items()]
+    run_sweep(
+        tmp_path,
+        cache_dir,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.study_name=hostile",
+        "trainer.epochs=1",
+        f"tracking.uri=sqlite:///{store}",
+        "+probe.choice=choice('1', 'a b')",  # a sampled string stays a string
+        *probes,
+    )
+    parser = OverridesParser.create()
+    expected = {f"probe.{k}": str(parser.parse_overrides([f"k={v}"])[0].value()) for k, v in HOSTILE_VALUES.items()}
+    assert not list(tmp_path.glob("*'*")), "no folder named with literal quotes"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("covers").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("covers.kind") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    for run in trials:
+        assert {k: run.data.params[k] for k in expected} == expected
+        assert run.data.params["probe.choice"] in ("1", "a b")
+        config = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(tmp_path)))
+        assert yaml.safe_load(config.read_text())["probe"]["choice"] in ("1", "a b")
+    study = optuna.load_study(study_name="hostile", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

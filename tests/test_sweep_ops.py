@@ -1,11 +1,10 @@
-"""Sweeper operations on real sweeps: pruning, failures, resume after Ctrl-C, several workers on one study."""
+"""Sweeper operations on real sweeps: pruning, failing trials, several workers on one study, process launchers
+(interrupts, kills and resumes: tests/test_faults.py)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
 from covers.sweep.storage import create_storage
-from covers.track import sqlite_init_lock
 from tests.conftest import ROOT, run_sweep, sweep_cmd
 
 
@@ -101,63 +99,6 @@ def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
     assert parents[0].info.status == "FINISHED"
 
 
-def _wait_for(predicate, timeout: float) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
-def _mid_training(db: Path, name: str) -> bool:
-    if not db.exists():
-        return False
-    url = f"sqlite:///{db}"
-    try:
-        with sqlite_init_lock(url):  # as the sweeper does: never race it while it creates the schema
-            study = optuna.load_study(study_name=name, storage=url)
-    except KeyError:
-        return False
-    return any(t.state == TrialState.RUNNING and t.number >= 1 and t.intermediate_values for t in study.trials)
-
-
-def test_interrupted_sweep_resumes(tmp_path, cache_dir):
-    cmd = sweep_cmd(
-        tmp_path,
-        cache_dir,
-        "hydra.sweeper.study_name=resume",
-        "hydra.sweeper.n_trials=4",
-        "hydra/sweeper/pruner=none",
-        "trainer.epochs=5",
-    )
-    # a shell that runs jobs in the background (CI) starts them with SIGINT ignored: give Ctrl-C back its default
-    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint
-    )
-    # interrupt in the middle of a training: a trial after the first, with at least one epoch reported
-    _wait_for(lambda: _mid_training(tmp_path / "mlruns" / "optuna.db", "resume"), 300)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, err[-3000:]
-    study, _, parents, _ = load(tmp_path, "resume")
-    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 1 and parents[0].info.status == "KILLED"
-
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=400)
-    study, client, parents, children = load(tmp_path, "resume")
-    trials = study.trials
-    assert len(counted(trials)) == 4 and all(t.state == TrialState.COMPLETE for t in counted(trials))
-    assert len({t.number for t in trials}) == len(trials)
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number]
-    assert len(retry) == 1 and retry[0].params == interrupted[0].params
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    killed = client.get_run(interrupted[0].user_attrs["mlflow_run_id"])
-    assert killed.info.status == "KILLED"
-    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [t.number for t in trials]
-
-
 @pytest.mark.parametrize("storage", ["sqlite", "journal", "postgresql"])
 def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
     urls = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:///{tmp_path}/shared.log"}
@@ -167,7 +108,7 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
         cache_dir,
         "hydra.sweeper.study_name=shared",
         f"hydra.sweeper.storage={url}",
-        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_trials=6",
         "hydra/sweeper/pruner=none",
         "trainer.epochs=1",
     )
@@ -184,9 +125,11 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
     storage_obj = create_storage(url)
     study, _, parents, children = load(tmp_path, "shared", storage_obj)
     trials = counted(study.trials)
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     numbers = [int(r.data.tags["trial_number"]) for r in children]
     assert sorted(numbers) == [t.number for t in trials], "each trial ran exactly once"
+    # both workers run the same seeded sampler config: every configuration is still new
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
     assert len(parents) == 1
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import signal
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -14,6 +13,7 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -21,24 +21,20 @@ from optuna.trial import TrialState
 
 from covers.sweep import budget
 from covers.sweep.compose import SweepConfigLoader
-from covers.sweep.search_space import SearchSpaceError, format_override, grid_choices, parse_params
+from covers.sweep.devices import slot_devices
+from covers.sweep.recovery import stale_trial_callback
+from covers.sweep.sampler import create_sampler, sampler_name
+from covers.sweep.search_space import SearchSpaceError, format_override, parse_params
+from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
 from covers.sweep.storage import normalise_storage_url, open_storage
 from covers.track import sqlite_init_lock
 
 log = logging.getLogger(__name__)
 
 
-def create_sampler(sampler: Any, distributions: dict) -> tuple[optuna.samplers.BaseSampler | None, int | None]:
-    """The sampler Hydra instantiated from config; a partial ``GridSampler`` (``_partial_: true``) gets its grid
-    from the search space. Returns ``(sampler, grid size or None)``."""
-    if isinstance(sampler, functools.partial) and sampler.func is optuna.samplers.GridSampler:
-        grid = {name: grid_choices(d, name) for name, d in distributions.items()}
-        return sampler(search_space=grid), math.prod(len(v) for v in grid.values())
-    if isinstance(sampler, functools.partial):
-        return sampler(), None
-    if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
-        raise TypeError(f"hydra.sweeper.sampler must be an Optuna sampler config, got {type(sampler).__name__}")
-    return sampler, None
+class SweepFailed(CompactHydraException):
+    """The sweep ended without a usable result (failure budget spent, or no trial completed): Hydra prints this
+    message alone and exits 1."""
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> None:
@@ -50,15 +46,29 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, s
             raise
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's check for trials whose worker died (heartbeat older than ``grace_period``): failed, their MLflow
+    runs ended and their parameters retried (:mod:`covers.sweep.recovery`). Optuna's "experimental" warning is
+    noise on every pass."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def first_failure(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """``trial N: <error>`` for the lowest-numbered failed trial that recorded its error (first line only)."""
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.FAIL and t.user_attrs.get("error"):
+            return f"trial {t.number}: {t.user_attrs['error'].splitlines()[0]}"
+    return "no error recorded"
 
 
 class OptunaSweeperImpl(Sweeper):
     """Hydra sweeper on current Optuna: each trial is one Hydra job launched through the configured launcher.
 
     Trials run one at a time with an in-process launcher, or ``n_jobs`` at once with a process launcher (a slot
-    is refilled as soon as its trial ends). Several sweep processes may share one study through its storage."""
+    is refilled as soon as its trial ends). Several sweep processes may share one study through its storage: each
+    one fails the trials of a worker that died (no heartbeat for ``grace_period`` s) and runs their retries."""
 
     def __init__(
         self,
@@ -73,6 +83,7 @@ class OptunaSweeperImpl(Sweeper):
         heartbeat_interval: int | None = 30,
         grace_period: int | None = 120,
         metric: str = "val_acc",
+        devices: Any = "auto",
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
         compose_cache: bool = True,
@@ -83,6 +94,7 @@ class OptunaSweeperImpl(Sweeper):
         self.study_name, self.n_trials, self.n_jobs = study_name, int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate = float(max_failure_rate)
         self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
+        self.devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
         self.mlflow_cfg = mlflow
         self.compose_cache, self.sqlite_wal = bool(compose_cache), bool(sqlite_wal)
@@ -110,9 +122,10 @@ class OptunaSweeperImpl(Sweeper):
     # -- set-up --------------------------------------------------------------------------------------------------
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
+        on_stale = stale_trial_callback(self.mlflow_cfg, self.grace_period)
         with sqlite_init_lock(self.storage_url):  # workers starting together on a fresh file
             storage = open_storage(
-                self.storage_url, self.heartbeat_interval, self.grace_period, budget.retry, sqlite_wal=self.sqlite_wal
+                self.storage_url, self.heartbeat_interval, self.grace_period, on_stale, sqlite_wal=self.sqlite_wal
             )
             study = optuna.create_study(
                 study_name=self.study_name,
@@ -128,7 +141,7 @@ class OptunaSweeperImpl(Sweeper):
             "study %s (storage %s, sampler %s, pruner %s): %d of %d trials exist; search space %s",
             study.study_name,
             _safe_url(self.storage_url),
-            type(study.sampler).__name__,
+            sampler_name(study.sampler),
             type(study.pruner).__name__,
             done,
             n_trials,
@@ -142,7 +155,7 @@ class OptunaSweeperImpl(Sweeper):
         from covers.sweep.summary import open_parent_run
 
         settings = {
-            "sampler": type(study.sampler).__name__,
+            "sampler": sampler_name(study.sampler),
             "pruner": type(study.pruner).__name__,
             "n_trials": n_trials,
             "n_jobs": self.n_jobs,
@@ -154,32 +167,57 @@ class OptunaSweeperImpl(Sweeper):
 
     # -- the sweep -----------------------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
+        """Run the study to its budget. Every way this ends (done, failure budget, Ctrl-C, SIGTERM at any moment,
+        an exception) leaves the MLflow parent run in a final state: FINISHED, FAILED or KILLED."""
         assert self.config is not None and self.launcher is not None
         distributions, fixed = self.search_space(arguments)
-        study, n_trials = self._study(distributions)
-        parent = self._parent_run(study, distributions, n_trials)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        status = "FINISHED"
+        # fixed values are override text already (quoted and escaped as the user wrote them): passed on unchanged
+        fixed_overrides = [f"{k}={v}" for k, v in fixed.items()]
+        with sigterm_as_interrupt():
+            study, n_trials = self._study(distributions)
+            parent, status = None, "FINISHED"
+            try:
+                with signals_deferred():  # a parent run that exists is always known here, so it is always closed
+                    parent = self._parent_run(study, distributions, n_trials)
+                self._run(study, distributions, fixed_overrides, n_trials, parent)
+                self._check_result(study)
+            except KeyboardInterrupt:
+                status = "KILLED"
+                log.warning("sweep interrupted; rerun with hydra.sweeper.study_name=%s to resume", study.study_name)
+                raise
+            except BaseException:
+                status = "FAILED"
+                raise
+            finally:
+                if parent:
+                    self._close_parent(study, parent, status)
+
+    def _close_parent(self, study: optuna.Study, parent: str, status: str) -> None:
+        """The final summary, then the parent's end status (written with Ctrl-C/SIGTERM held back)."""
+        from mlflow import MlflowClient
+
+        from covers.sweep.summary import log_sweep_summary
+
+        log.info("sweep %s: writing the final summary to MLflow parent run %s", status.lower(), parent)
         try:
-            self._run(study, distributions, [format_override(k, v) for k, v in fixed.items()], n_trials, parent)
+            log_sweep_summary(study, parent, final=True)
         except KeyboardInterrupt:
             status = "KILLED"
-            log.warning("sweep interrupted; rerun with hydra.sweeper.study_name=%s to resume", study.study_name)
             raise
-        except BaseException:
-            status = "FAILED"
-            raise
+        except Exception:  # never hide why the sweep stopped behind a failing summary
+            log.exception("could not write the sweep summary to the parent run %s", parent)
+            if status == "FINISHED":
+                status = "FAILED"
+                raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            if parent:
-                from covers.sweep.summary import log_sweep_summary
+            with signals_deferred():
+                MlflowClient().set_terminated(parent, status=status)
 
-                try:
-                    log_sweep_summary(study, parent, final_status=status, final=True)
-                except Exception:  # never hide why the sweep stopped behind a failing summary
-                    if status == "FINISHED":
-                        raise
-                    log.exception("could not write the sweep summary to the parent run %s", parent)
+    def _check_result(self, study: optuna.Study) -> None:
+        """A sweep in which no trial completed is a failure, whatever ``max_failure_rate`` allows."""
+        trials = budget.counted(study.get_trials(deepcopy=False))
+        if not any(t.state == TrialState.COMPLETE for t in trials):
+            raise SweepFailed(f"sweep failed: no trial completed ({len(trials)} ran); first {first_failure(trials)}")
 
     def _run(self, study: optuna.Study, distributions: dict, fixed: list[str], n_trials: int, parent: str | None):
         parallel = self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher"
@@ -188,41 +226,55 @@ class OptunaSweeperImpl(Sweeper):
                 "n_jobs=%d needs a process launcher (e.g. hydra/launcher=joblib); running one at a time", self.n_jobs
             )
         slots = self.n_jobs if parallel else 1
-        storage = study._storage  # the storage object Optuna wraps (public API has no accessor)
-        in_flight: dict[Future, optuna.Trial] = {}
+        devices = slot_devices(self.devices, slots, OmegaConf.select(self.config, "trainer.device", default="auto"))
+        poll_s = min(5.0, float(self.heartbeat_interval or 5))
+        in_flight: dict[Future, tuple[optuna.Trial, int]] = {}  # a parallel trial and its slot
         running: dict[int, optuna.Trial] = {}  # every trial asked for and not yet told, by number
-        with budget.Heartbeat(storage, self.heartbeat_interval) as beat, ThreadPoolExecutor(slots) as pool:
+        waiting_logged = False
+        pool = ThreadPoolExecutor(slots)
+        with budget.Heartbeat(study._storage, self.heartbeat_interval) as beat:  # public API has no accessor
             try:
                 while True:
-                    if getattr(storage, "heartbeat_interval", None):
-                        optuna.storages.fail_stale_trials(study)
+                    fail_stale_trials(study)
                     stop = self._failures_exceeded(study, n_trials)
-                    while not stop and len(running) < slots:
+                    while not stop and len(in_flight) < slots:
                         trial = self._ask(study, distributions, n_trials)
                         if trial is None:
                             break
                         running[trial.number] = trial
                         beat.add(trial._trial_id)
-                        overrides = self._overrides(study, trial, fixed, parent)
+                        slot = min(set(range(slots)) - {s for _, s in in_flight.values()})
+                        overrides = self._overrides(study, trial, fixed, parent, devices[slot])
                         if parallel:
-                            in_flight[pool.submit(self._launch, overrides, trial.number)] = trial
+                            in_flight[pool.submit(self._launch, overrides, trial.number)] = (trial, slot)
                         else:
                             ret = self._launch(overrides, trial.number)
                             self._finish(study, running.pop(trial.number), beat, parent, ret)
-                    if not in_flight:
-                        if stop:
-                            raise RuntimeError(f"too many failed trials (max_failure_rate={self.max_failure_rate})")
-                        if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
-                            break
+                            stop = self._failures_exceeded(study, n_trials)
+                    if in_flight:
+                        done, _ = wait(in_flight, timeout=poll_s, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            trial, _ = in_flight.pop(fut)
+                            self._finish(study, running.pop(trial.number), beat, parent, fut.result())
                         continue
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        trial = in_flight.pop(fut)
-                        self._finish(study, running.pop(trial.number), beat, parent, fut.result())
+                    if stop:
+                        self._raise_failures(study, n_trials)
+                    if budget.has_waiting(study):  # a retry queued meanwhile (e.g. by another worker)
+                        continue
+                    others = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                    if not others or not beat.enabled:
+                        break
+                    if not waiting_logged:  # their worker may still die: its trials are then failed and retried here
+                        log.info("waiting for trials %s of other workers (stale after %ss)", others, self.grace_period)
+                        waiting_logged = True
+                    time.sleep(poll_s)
             except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
                 for trial in running.values():
                     self._interrupt(study, trial)
                 raise
+            finally:
+                pool.shutdown(wait=False)
 
     def _ask(self, study: optuna.Study, distributions: dict, n_trials: int) -> optuna.Trial | None:
         """The next trial to run (a waiting retry first), or None when the study's budget is spent."""
@@ -259,11 +311,24 @@ class OptunaSweeperImpl(Sweeper):
         failed = sum(t.state == TrialState.FAIL for t in budget.counted(study.get_trials(deepcopy=False)))
         return failed > self.max_failure_rate * n_trials
 
-    def _overrides(self, study: optuna.Study, trial: optuna.Trial, fixed: list[str], parent: str | None) -> list[str]:
+    def _raise_failures(self, study: optuna.Study, n_trials: int) -> None:
+        trials = budget.counted(study.get_trials(deepcopy=False))
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        allowed = math.floor(self.max_failure_rate * n_trials)
+        raise SweepFailed(
+            f"sweep stopped: {failed} of {len(trials)} trials failed (max_failure_rate={self.max_failure_rate} of "
+            f"n_trials={n_trials} allows {allowed}); first {first_failure(trials)}"
+        )
+
+    def _overrides(
+        self, study: optuna.Study, trial: optuna.Trial, fixed: list[str], parent: str | None, device: str | None
+    ) -> list[str]:
         ov = [format_override(k, v) for k, v in trial.params.items()] + fixed
         ov += [f"trial.number={trial.number}", format_override("trial.study_name", study.study_name)]
         if parent:
             ov.append(f"trial.parent_run_id={parent}")
+        if device:  # this slot's GPU (covers.sweep.devices)
+            ov.append(f"trainer.device={device}")
         return ov
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:

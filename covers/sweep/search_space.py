@@ -6,11 +6,12 @@ categorical; a plain value is a fixed parameter."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.override_parser.types import Override
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 
@@ -19,12 +20,18 @@ class SearchSpaceError(ValueError):
 
 
 def distribution_from_override(override: Override) -> BaseDistribution | str:
-    """The Optuna distribution for one sweep override, or the string value of a plain override."""
+    """The Optuna distribution for one sweep override, or for a plain override its value as override text (quoted
+    and escaped as Hydra's parser needs it: pass it on as ``key=text``, unchanged)."""
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     value = override.value()
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
-        choices = list(override.sweep_iterator(transformer=Transformer.encode))
+        choices = list(override.sweep_iterator())
+        if not all(c is None or isinstance(c, bool | int | float | str) for c in choices):
+            raise SearchSpaceError(
+                f"{override.input_line}: choices must be numbers, strings, booleans or null (for lists or mappings,"
+                " make each a config group option and sweep over the group)"
+            )
         return CategoricalDistribution(choices)
     if override.is_range_sweep():
         if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
@@ -81,9 +88,18 @@ def grid_choices(distribution: BaseDistribution, name: str = "") -> list:
 
 
 def format_override(name: str, value: Any) -> str:
-    """``name=value`` in Hydra override syntax (strings quoted when they need it)."""
-    if isinstance(value, str) and any(c in value for c in " ,=()[]{}'\"\\:"):
-        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """``name=value`` in Hydra override syntax for a sampled value: a string is always quoted (so ``'1'`` stays a
+    string and ``'a b'``, ``'x:y'``, quotes and backslashes reach the job unchanged), ``None`` is ``null``."""
+    if isinstance(value, str):
+        value = quote(value)
     elif value is None:
         value = "null"
     return f"{name}={value}"
+
+
+def quote(text: str) -> str:
+    """``text`` as a single-quoted Hydra string: quotes escaped, and so are the backslashes before a quote or at the
+    end (Hydra reads other backslashes literally)."""
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from covers.sqlite_wal import use_wal
-from covers.track import resolve_sqlite_uri
+from covers.track import check_sqlite_store, resolve_sqlite_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_storage(
     url = normalise_storage_url(url)
     if url is None:
         return None
+    check_sqlite_store(url, what="Optuna storage")
     if sqlite_wal:
         use_wal(url)
     if url.startswith(JOURNAL_PREFIX):
@@ -55,7 +57,9 @@ def create_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": failed_trial_callback,
         }
-    return RDBStorage(url, **kwargs)
+    with warnings.catch_warnings():  # "heartbeat_interval is experimental": noise in every sweep
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, **kwargs)
 
 
 def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseStorage | None:

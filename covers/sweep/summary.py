@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 
 
+def mlflow_key(override_key: str) -> str:
+    """A search-space key as an MLflow param/tag name (``+probe.x`` → ``probe.x``: MLflow refuses ``+`` and ``~``)."""
+    return override_key.lstrip("+~")
+
+
 def open_parent_run(study: optuna.Study, mlflow_cfg: DictConfig, distributions: dict, settings: dict) -> str:
     """The sweep's parent run: reused when the study already has one (resume, or another worker), else created."""
     wal = mlflow_cfg.get("sqlite_wal", True)
@@ -38,7 +43,7 @@ def open_parent_run(study: optuna.Study, mlflow_cfg: DictConfig, distributions: 
     run = client.create_run(exp_id, run_name=name, tags={"covers.kind": "sweep", "study_name": study.study_name})
     run_id = run.info.run_id
     for k, v in {
-        **{f"search.{k}": v for k, v in distributions.items()},
+        **{f"search.{mlflow_key(k)}": v for k, v in distributions.items()},
         **{f"sweeper.{k}": v for k, v in settings.items()},
     }.items():
         client.log_param(run_id, k[:250], str(v)[:6000])
@@ -79,11 +84,9 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study, folder: P
     plt.close("all")
 
 
-def log_sweep_summary(
-    study: optuna.Study, parent_run_id: str, final_status: str | None = None, final: bool = False
-) -> None:
+def log_sweep_summary(study: optuna.Study, parent_run_id: str, final: bool = False) -> None:
     """After every trial: trial counts, best value/params, ``sweep/trials.csv``. When ``final``, also Optuna's
-    parameter importances (a fANOVA forest, too slow to refit after every trial) and plots; then the end status."""
+    parameter importances (a fANOVA forest, too slow to refit after every trial) and plots."""
     client = MlflowClient()
     trials = counted(study.get_trials(deepcopy=False))
     for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
@@ -104,8 +107,6 @@ def log_sweep_summary(
         if final and complete:
             _log_plots(client, parent_run_id, study, folder)
         client.log_artifacts(parent_run_id, tmp, "sweep")
-    if final_status:
-        client.set_terminated(parent_run_id, status=final_status)
 
 
 def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
@@ -118,7 +119,7 @@ def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> 
     best = study.best_trial
     client.log_metric(parent_run_id, "best_value", float(best.value))
     previous = client.get_run(parent_run_id).data.tags.get("best_trial_number")
-    tags = {"best_trial_number": best.number, **{f"best.{k}": v for k, v in best.params.items()}}
+    tags = {"best_trial_number": best.number, **{f"best.{mlflow_key(k)}": v for k, v in best.params.items()}}
     _set_tags(client, parent_run_id, tags)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if previous is not None and previous != str(best.number):
