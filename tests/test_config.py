@@ -100,8 +100,11 @@ def test_sweeper_samplers_and_pruners_instantiate(group, option):
         cfg = compose(config_name="config", overrides=[f"hydra/sweeper/{group}={option}"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     obj = instantiate(cfg.hydra.sweeper[group])
-    if option == "grid":
-        obj = obj(search_space={"x": [1, 2]})
+    if group == "sampler":  # factories (covers.sweep.sampler): the sweeper builds them, the grid from the space
+        from covers.sweep.sampler import create_sampler
+
+        space = {"x": optuna.distributions.CategoricalDistribution([1, 2])}
+        obj, _ = create_sampler(obj, space)
     base = optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner
     assert isinstance(obj, base)
 
