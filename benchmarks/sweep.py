@@ -55,7 +55,9 @@ def phases(study: optuna.Study, client: mlflow.MlflowClient, workers: int = 1) -
     )
     rows, previous_end = [], None
     for t in trials:
-        hist = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "epoch_time_s"), key=lambda m: m.step)
+        hist = sorted(
+            client.get_metric_history(t.user_attrs["mlflow_run_id"], "epoch/epoch_time_s"), key=lambda m: m.step
+        )
         if not hist:
             continue
         start, end = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
@@ -113,7 +115,7 @@ def sweep(root: Path, name: str, data: list[str], *overrides: str, workers: int 
         "trials": len(study.trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
         "trial_epochs": sum(len(t.intermediate_values) for t in done),
-        "best_val_acc": study.best_value,
+        "summary/best_val_acc": study.best_value,
         **phases(study, client, workers),
     }
     row["startup_per_epoch"] = row["warm_trial_startup_s"] / row["mean_epoch_s"]

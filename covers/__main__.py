@@ -31,9 +31,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+DESCRIPTION = f"""Genres of album covers, and the most similar training covers, from a model in the MLflow registry
+(default {DEFAULT_MODEL}; python experiments/promote.py registers one):
+
+  python -m covers predict PATH...   the top genres of every cover under each PATH
+  python -m covers similar COVER     the training covers most similar to COVER, and their genre vote
+
+Run python -m covers predict --help (or similar --help) for their options."""
+EXAMPLES = """examples:
+  python -m covers predict cover.png new-covers/ Rock.zip --top-k 2
+  python -m covers similar cover.png -k 10
+  python -m covers similar Rock.zip:Rock/0042.png --json"""
+PATH_HELP = (
+    "an image file, a folder (its image files and .zip archives, recursively) or a .zip archive (its image "
+    "members); several may be given"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``predict`` and ``similar`` sub-commands."""
-    parser = argparse.ArgumentParser(prog="python -m covers", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m covers", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=raw
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default=DEFAULT_MODEL, help=f"MLflow model URI (default {DEFAULT_MODEL})")
     common.add_argument(
@@ -43,12 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", parents=[common], help="top-k genres of image files, folders and genre zips")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    predict = "top-k genres of image files, folders and genre zips"
+    p = sub.add_parser("predict", parents=[common], help=predict, description=f"The {predict}.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=PATH_HELP)
     p.add_argument("--top-k", type=positive_int, default=3, help="genres per cover (default 3)")
-    s = sub.add_parser("similar", parents=[common], help="the training covers most similar to a cover")
+    similar = "the training covers most similar to a cover"
+    s = sub.add_parser("similar", parents=[common], help=similar, description=f"{similar.capitalize()}.")
     s.add_argument("cover", metavar="COVER", help="an image file, or ARCHIVE.zip:MEMBER")
     s.add_argument("-k", type=positive_int, default=5, help="number of similar covers (default 5)")
+    s.add_argument(
+        "--keep-self",
+        action="store_true",
+        help="keep gallery covers with the same pixels as COVER (by default a training cover does not find itself)",
+    )
     return parser
 
 
@@ -125,7 +152,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if error:
         print(f"error: {item.name}: {error}", file=sys.stderr)
         return 1
-    table = model.similar(images, args.k)[0]
+    table = model.similar(images, args.k, keep_self=args.keep_self)[0]
     votes = Counter(table["genre"])
     genre = max(votes, key=lambda g: (votes[g], table.loc[table["genre"] == g, "similarity"].sum()))
     if args.json:

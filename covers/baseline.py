@@ -1,6 +1,6 @@
 """The kNN baseline (``model=knn``): pretrained embeddings of the training covers in a faiss index, a cover's
 genre is the vote of its k nearest. No training; tracked exactly like a fine-tuned run (``val_acc``,
-``best_val_acc``, ``model/meta.json``) so the MLflow UI compares both and ``promote`` can pick either."""
+``summary/best_val_acc``, ``model/meta.json``) so the MLflow UI compares both and ``promote`` can pick either."""
 
 from __future__ import annotations
 
@@ -142,8 +142,10 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         log_run_record(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _UNUSED_GROUPS]), bundle, inp)
         metrics, pred = evaluate_knn(model, vectors[split == "val"], val_labels)
         log.info("kNN %s", " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        track.epoch_logger(reporter, on_epoch_end)(0, metrics)
-        mlflow.log_metrics({"best_val_acc": metrics["val_acc"], "best_epoch": 1, "epochs_completed": 1})
+        track.epoch_logger(reporter, on_epoch_end)(1, metrics)
+        mlflow.log_metrics(
+            {"summary/best_val_acc": metrics["val_acc"], "summary/best_epoch": 1, "summary/epochs_completed": 1}
+        )
         fig = plot_confusion_matrix(val_labels, pred, bundle.classes, f"validation, {knn_run_name(cfg)}")
         track.log_figure(fig, "plots/val_confusion_matrix.png")
         if cfg.tracking.log_model:  # the backbone is pretrained: its spec is enough, promotion saves weights
@@ -158,4 +160,10 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
             mlflow.log_dict(meta, "model/meta.json")
         run_id = run.info.run_id
     best, loss = metrics["val_acc"], metrics["val_loss"]
-    return {"best_val_acc": best, "run_id": run_id, "history": [metrics], "val_loss_at_best": loss}
+    return {
+        "summary/best_val_acc": best,
+        "summary/best_epoch": 1,
+        "run_id": run_id,
+        "history": [metrics],
+        "val_loss_at_best": loss,
+    }

@@ -9,6 +9,8 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from PIL import Image
 
 import covers
@@ -222,7 +225,8 @@ def decide_alias(client: MlflowClient, mv: ModelVersion, test_acc: float, bundle
 
 
 def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -> str:
-    """Print and log the decision: run tags and a JSON record, model-version tags; returns the printed text."""
+    """Log the decision (a Hydra app shows it on the console and keeps it in its log file) and record it: run tags,
+    a JSON record, model-version tags; returns the text."""
     name, alias, v = record["model_name"], record["alias"], record["candidate_version"]
     champ = record["champion_version"]
     before = f"v{champ} test_acc {record['champion_test_acc']:.4f} ({record['champion_basis']})" if champ else "none"
@@ -233,7 +237,6 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
         f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}; "
         f"champion before: {before}\n  decision: {outcome}: {record['reason']}"
     )
-    print(text)
     log.info(text)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     client.log_dict(run_id, record, f"promotion/{stamp}.json")
@@ -244,6 +247,21 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
     return text
 
 
+@contextmanager
+def no_download_bars() -> Iterator[None]:
+    """MLflow's artifact progress bars off (it draws one per download, terminal or not), unless the user set
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` themselves."""
+    if MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.defined:
+        yield
+        return
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
+    try:
+        yield
+    finally:
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
+
+
+@no_download_bars()
 def promote(
     tracking_uri: str,
     experiment: str,

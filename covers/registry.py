@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class Candidate(NamedTuple):
-    """What ranks a trial: higher ``best_val_acc``, then lower validation loss, then the earlier run."""
+    """What ranks a trial: higher ``summary/best_val_acc``, then lower validation loss, then the earlier run."""
 
     best_val_acc: float
     val_loss: float
@@ -55,30 +55,31 @@ def find_sweep(
 
 def val_loss_at_best(client: MlflowClient, run: Run) -> float:
     """The validation loss logged at the run's best epoch (``inf`` when it was not logged)."""
-    step = int(run.data.metrics.get("best_epoch", 0)) - 1
-    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+    step = int(run.data.metrics.get("summary/best_epoch", 0))  # MLflow steps count epochs from 1
+    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch/val_loss")}
     return float(losses.get(step, math.inf))
 
 
 def rank_candidates(candidates: list[Candidate]) -> list[Candidate]:
-    """Best first: highest ``best_val_acc``, then lowest validation loss, then earliest start."""
+    """Best first: highest ``summary/best_val_acc``, then lowest validation loss, then earliest start."""
     return sorted(candidates, key=lambda c: (-c.best_val_acc, c.val_loss, c.start_time, c.run_id))
 
 
 def best_trial(client: MlflowClient, parent: Run) -> Run:
-    """The finished trial of a sweep with the highest ``best_val_acc`` and a logged model (ties: see Candidate)."""
+    """The finished trial of a sweep with the highest ``summary/best_val_acc`` and a logged model (ties: see
+    Candidate)."""
     query = f"tags.mlflow.parentRunId = {_quote(parent.info.run_id)} and attributes.status = 'FINISHED'"
     runs = client.search_runs([parent.info.experiment_id], query, max_results=10_000)
     runs = [
         r
         for r in runs
-        if math.isfinite(r.data.metrics.get("best_val_acc", math.nan))
+        if math.isfinite(r.data.metrics.get("summary/best_val_acc", math.nan))
         and r.data.params.get("tracking.log_model", "True") == "True"
     ]
     if not runs:
-        raise LookupError(f"sweep {parent.info.run_name!r} has no finished trial with best_val_acc and a model")
-    top = max(r.data.metrics["best_val_acc"] for r in runs)
-    tied = [r for r in runs if r.data.metrics["best_val_acc"] == top]
+        raise LookupError(f"sweep {parent.info.run_name!r} has no finished trial with summary/best_val_acc and a model")
+    top = max(r.data.metrics["summary/best_val_acc"] for r in runs)
+    tied = [r for r in runs if r.data.metrics["summary/best_val_acc"] == top]
     by_id = {r.info.run_id: r for r in tied}
     ranked = rank_candidates(
         [
@@ -86,7 +87,9 @@ def best_trial(client: MlflowClient, parent: Run) -> Run:
             for i, r in by_id.items()
         ]
     )
-    log.info("best of %d trials: run %s (best_val_acc=%.4f, %d tied)", len(runs), ranked[0].run_id, top, len(tied))
+    log.info(
+        "best of %d trials: run %s (summary/best_val_acc=%.4f, %d tied)", len(runs), ranked[0].run_id, top, len(tied)
+    )
     return by_id[ranked[0].run_id]
 
 

@@ -23,7 +23,11 @@ from covers.track import setup_tracking
 log = logging.getLogger(__name__)
 
 REPEAT_KEYS = ("seed",)  # swept only to repeat a point: averaged over, never an axis
-METRICS = {"best_val_acc": "val_acc", "train_acc_at_best": "train_acc", "best_val_balanced_acc": "val_balanced_acc"}
+METRICS = {
+    "summary/best_val_acc": "val_acc",
+    "summary/train_acc_at_best": "train_acc",
+    "summary/best_val_balanced_acc": "val_balanced_acc",
+}
 
 
 def swept_keys(parent: Run) -> list[str]:
@@ -58,10 +62,12 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
         m = run.data.metrics
         row = {"run_id": run.info.run_id, **{k: run_value(run, k) for k in keys}}
         row["n_train"] = _value(run.data.params.get("data.n_train"))
-        row["val_acc"] = m.get("best_val_acc", math.nan)
-        row["train_acc"] = m.get("train_acc_at_best", m.get("train_acc", math.nan))
-        row["val_balanced_acc"] = m.get("best_val_balanced_acc", math.nan)
-        row.update({k.removeprefix("best_val_"): v for k, v in m.items() if k.startswith("best_val_recall.")})
+        row["val_acc"] = m.get("summary/best_val_acc", math.nan)
+        row["train_acc"] = m.get("summary/train_acc_at_best", m.get("epoch/train_acc", math.nan))
+        row["val_balanced_acc"] = m.get("summary/best_val_balanced_acc", math.nan)
+        row.update(
+            {k.removeprefix("summary/best_val_"): v for k, v in m.items() if k.startswith("summary/best_val_recall.")}
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -55,22 +54,10 @@ def _copy_artifact(client: MlflowClient, run_id: str, path: str, figures: Path, 
 
 def _best_line(best: Run) -> str:
     m = best.data.metrics
-    return f"Best trial: run `{best.info.run_id}` ({best.info.run_name}), best_val_acc {m['best_val_acc']:.3f}" + (
-        f", test_acc {m['test_acc']:.3f} (promoted)" if "test_acc" in m else ", not promoted"
+    return (
+        f"Best trial: run `{best.info.run_id}` ({best.info.run_name}), best val_acc {m['summary/best_val_acc']:.3f}"
+        + (f", test_acc {m['test_acc']:.3f} (promoted)" if "test_acc" in m else ", not promoted")
     )
-
-
-def _space(text: str) -> str:
-    """An Optuna distribution's repr as logged (``FloatDistribution(high=0.03, log=True, low=0.0001, step=None)``)
-    in the sweeper's own terms: ``log [0.0001, 0.03]``, ``[0, 4] step 1``, ``choice (1, 2)``."""
-    fields = dict(re.findall(r"(\w+)=(\([^)]*\)|[^,)]+)", text))
-    if "choices" in fields:
-        return f"choice {fields['choices']}"
-    out = f"[{fields.get('low')}, {fields.get('high')}]"
-    if fields.get("log") == "True":
-        out = f"log {out}"
-    step = fields.get("step", "None")
-    return out if step in ("None", "1") else f"{out} step {step}"
 
 
 def _data_line(best: Run) -> str:
@@ -118,7 +105,7 @@ def search_section(client: MlflowClient, parent: Run, best: Run, sweep: str, fig
     lines = [f"## {sweep}", "", f"Parent run `{parent.info.run_id}`: {sampler}, {pruner}; trials {counts}."]
     lines += ["", f"Best trial's {_data_line(best)}.", ""]
     lines += [
-        "Search space: " + ", ".join(f"`{k}` {_space(parent.data.params[f'search.{k}'])}" for k in keys) + ".",
+        "Search space: " + ", ".join(f"`{k}` {parent.data.params[f'search.{k}']}" for k in keys) + ".",
         "",
     ]
     head = [*keys, "val acc", "train acc", "MLflow run id"]
@@ -156,7 +143,7 @@ def baseline_section(client: MlflowClient, exp_id: str, limit: int = 5) -> list[
         lines.append(
             f"- run `{run.info.run_id}`: `{p.get('data.source')}` at {p.get('data.resolved_image_size')} px, "
             f"{p.get('data.n_train')} training images, k={p.get('model.k')} ({p.get('model.weighting')}): "
-            f"val_acc {m.get('best_val_acc', math.nan):.3f}"
+            f"val_acc {m.get('summary/best_val_acc', math.nan):.3f}"
         )
     return lines
 
@@ -201,7 +188,13 @@ def summary_table(found: dict[str, tuple[Run, Run]]) -> list[str]:
         test = f"{m['test_acc']:.3f}" if "test_acc" in m else "–"
         src = p.get("data.source")
         source = Path(src).name if src not in (None, "None") else p.get("data.name")
-        cells = [sweep, source, p.get("data.resolved_image_size"), p.get("data.n_train"), f"{m['best_val_acc']:.3f}"]
+        cells = [
+            sweep,
+            source,
+            p.get("data.resolved_image_size"),
+            p.get("data.n_train"),
+            f"{m['summary/best_val_acc']:.3f}",
+        ]
         lines.append("| " + " | ".join(str(c) for c in [*cells, test, f"`{best.info.run_id}`"]) + " |")
     return lines
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -32,7 +34,12 @@ from covers.train import Runtime, create_runtime
 if TYPE_CHECKING:
     import faiss
 
+log = logging.getLogger(__name__)
+
 GALLERY_COLUMNS = ["archive", "member", "genre"]
+# sha256 of a gallery cover's model input (its decoded pixels at the model's size): a query with the same pixels
+# is that cover itself, left out of its own neighbours
+PIXELS_COLUMN = "pixels_sha256"
 # encoded covers are decoded within ingest's pixel limit (checked from the image header, before decoding)
 MAX_PIXELS = IngestLimits().max_pixels
 # MLflow warns that the pyfunc's ``list[Any]`` input is not validated: deliberate, inputs are checked per item
@@ -84,6 +91,11 @@ def read_image(item: Any) -> Image.Image:
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return to_rgb(Image.fromarray(arr))
+
+
+def pixel_hashes(images: np.ndarray) -> list[str]:
+    """sha256 of each ``(S, S, 3)`` uint8 model input: equal for covers with the same pixels at the model's size."""
+    return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
 
 
 def describe_error(e: Exception) -> str:
@@ -142,7 +154,8 @@ class CoverModel:
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, path / "state_dict.pt")
         if self.gallery is not None:
             knn.save_index(self.gallery, path / "gallery.faiss")
-            self.gallery_table[GALLERY_COLUMNS].to_csv(path / "gallery.csv", index=False)
+            columns = [c for c in (*GALLERY_COLUMNS, PIXELS_COLUMN) if c in self.gallery_table]
+            self.gallery_table[columns].to_csv(path / "gallery.csv", index=False)
         return path
 
     # -- preprocessing -------------------------------------------------------------------------------------------
@@ -192,19 +205,31 @@ class CoverModel:
         vectors = self.embed(images) if vectors is None else vectors
         self.gallery = knn.build_index(vectors, index)
         self.gallery_table = table[GALLERY_COLUMNS].reset_index(drop=True)
+        self.gallery_table[PIXELS_COLUMN] = pixel_hashes(images)
         self.meta["gallery"] = {"index": index, "size": len(table)}
 
-    def similar(self, images: np.ndarray, k: int = 5) -> list[pd.DataFrame]:
-        """Per image, its ``k`` nearest gallery covers: rank, similarity, archive, member, genre."""
+    def _same_pixels(self, images: np.ndarray) -> list[np.ndarray]:
+        """Per image, the gallery rows with exactly its pixels (none for a gallery made without pixel hashes)."""
+        if PIXELS_COLUMN not in self.gallery_table:
+            log.warning("this model's gallery has no pixel hashes (promoted by an older covers): self-matches stay")
+            return [np.zeros(0, np.int64)] * len(images)
+        rows = self.gallery_table.groupby(PIXELS_COLUMN).indices
+        return [rows.get(h, np.zeros(0, np.int64)) for h in pixel_hashes(images)]
+
+    def similar(self, images: np.ndarray, k: int = 5, keep_self: bool = False) -> list[pd.DataFrame]:
+        """Per image, its ``k`` nearest gallery covers: rank, similarity, archive, member, genre.
+
+        A gallery cover with exactly the image's pixels is the image itself and left out, unless ``keep_self``."""
         if self.gallery is None:
             raise RuntimeError("this model has no gallery of covers (promote it to build one)")
-        sims, ids = knn.search(self.gallery, self.embed(images), k)
+        selves = [np.zeros(0, np.int64)] * len(images) if keep_self else self._same_pixels(images)
+        sims, ids = knn.search(self.gallery, self.embed(images), k + max(map(len, selves), default=0))
         out = []
-        for row_sims, row_ids in zip(sims, ids, strict=True):
-            keep = row_ids >= 0
-            table = self.gallery_table.iloc[row_ids[keep]].reset_index(drop=True)
+        for row_sims, row_ids, own in zip(sims, ids, selves, strict=True):
+            keep = np.flatnonzero((row_ids >= 0) & ~np.isin(row_ids, own))[:k]
+            table = self.gallery_table.iloc[row_ids[keep]][GALLERY_COLUMNS].reset_index(drop=True)
             table.insert(0, "similarity", row_sims[keep].astype(float))
-            table.insert(0, "rank", np.arange(1, keep.sum() + 1))
+            table.insert(0, "rank", np.arange(1, len(keep) + 1))
             out.append(table)
         return out
 

@@ -143,17 +143,19 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
     """Final metrics, plots and the best-epoch model (state dict + metadata for ``promote``)."""
     mlflow.log_metrics(
         {
-            "best_val_acc": result.best_val_acc,
-            "best_epoch": result.best_epoch + 1,
-            "epochs_completed": len(result.history),
+            "summary/best_val_acc": result.best_val_acc,
+            "summary/best_epoch": result.best_epoch + 1,
+            "summary/epochs_completed": len(result.history),
         }
     )
     if result.history:
-        mlflow.log_metric("train_acc_at_best", result.history[result.best_epoch]["train_acc"])
+        mlflow.log_metric("summary/train_acc_at_best", result.history[result.best_epoch]["train_acc"])
     track.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
     if result.best_val_pred is not None:  # balanced accuracy, macro F1 and per-class recall at the best epoch
-        metrics, _, _ = classification_metrics(result.val_target, result.best_val_pred, bundle.classes, "best_val_")
-        keep = ("best_val_balanced_acc", "best_val_macro_f1", "best_val_recall.")
+        metrics, _, _ = classification_metrics(
+            result.val_target, result.best_val_pred, bundle.classes, "summary/best_val_"
+        )
+        keep = ("summary/best_val_balanced_acc", "summary/best_val_macro_f1", "summary/best_val_recall.")
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
         title = f"validation, best epoch {result.best_epoch + 1}"
         fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
@@ -182,7 +184,7 @@ def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = Non
     tags = {"covers.kind": "single", "model": cfg.model.name, "data": cfg.data.name, **tags}
     if cfg.trial.number is not None:
         tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
-    with track.start_run(name, cfg.trial.parent_run_id, tags, stopped=(optuna.TrialPruned,)) as run:
+    with track.start_run(name, cfg.trial.parent_run_id, tags, ended_early=(optuna.TrialPruned,)) as run:
         if reporter is not None:
             reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
         yield run
@@ -198,7 +200,8 @@ def freeze_long_lived() -> None:
 
 
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
-    """Train one configuration; returns metric dict with ``best_val_acc`` (the sweep objective).
+    """Train one configuration; returns a dict with ``summary/best_val_acc`` (the sweep objective,
+    ``optimized_metric``).
 
     The MLflow run opens first, so any failure (data, model, training) ends it FAILED with its traceback."""
     if cfg.model.get("kind") == "knn":  # the kNN baseline: nothing to train, tracked the same way
@@ -216,7 +219,8 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
             freeze_long_lived()
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
-        "best_val_acc": best,
+        "summary/best_val_acc": best,
+        "summary/best_epoch": result.best_epoch + 1,
         "run_id": run.info.run_id,
         "history": result.history,
         "val_loss_at_best": result.history[result.best_epoch]["val_loss"] if result.history else np.nan,
@@ -291,9 +295,9 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
             on_epoch_end=track.epoch_logger(*callbacks),
             result=result,
         )
-    except optuna.TrialPruned:
-        mlflow.set_tag("pruned", "true")
-        mlflow.set_tag("pruned_at_epoch", len(result.history))
+    except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)
+        name = f"{run_name(cfg)} (pruned at epoch {len(result.history)})"
+        mlflow.set_tags({"pruned": "true", "pruned_at_epoch": len(result.history), "mlflow.runName": name})
         log_results(cfg, result, bundle, inp, with_model=False)
         raise
     finally:  # the results hold copies of the weights: the next trial in this process may reuse the model

@@ -26,6 +26,11 @@ from covers.sqlite_wal import use_wal
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000
+# MLflow metric names: a run's page groups metrics by the prefix before "/" into sections sorted by name (unprefixed
+# ones last), so the per-epoch curves ("epoch/val_acc") open the page and the single values ("summary/best_val_acc")
+# follow; chart titles drop the prefix
+EPOCH_PREFIX = "epoch/"
+SUMMARY_PREFIX = "summary/"
 _experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
 _checked_parents: set[tuple[str, str]] = set()  # (tracking URI, parent run id) MLflow checked in this process
 
@@ -152,10 +157,11 @@ def start_run(
     run_name: str,
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
-    stopped: tuple[type[BaseException], ...] = (),
+    ended_early: tuple[type[BaseException], ...] = (),
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that always ends: FINISHED, FAILED (traceback logged as ``error/traceback.txt``) or KILLED
-    (Ctrl-C, or one of the ``stopped`` exceptions such as a pruned trial, whose message becomes tag ``stopped``)."""
+    """An MLflow run that always ends: FINISHED (also when one of the ``ended_early`` exceptions, such as a pruned
+    trial's, stops it: its message becomes tag ``stopped``), FAILED (traceback logged as ``error/traceback.txt``)
+    or KILLED (Ctrl-C, SIGTERM)."""
     # tag values as strings: a tracking server's REST API rejects other types (a local SQLite store converts them)
     tags = {k: str(v) for k, v in (tags or {}).items()}
     parent = (mlflow.get_tracking_uri(), parent_run_id)
@@ -174,8 +180,7 @@ def start_run(
         status = RunStatus.to_string(RunStatus.KILLED)
         mlflow.set_tag("stopped", "interrupted")
         raise
-    except stopped as e:
-        status = RunStatus.to_string(RunStatus.KILLED)
+    except ended_early as e:  # e.g. a pruned trial: a result, not a crash
         mlflow.set_tag("stopped", str(e) or type(e).__name__)
         raise
     except BaseException as e:
@@ -205,11 +210,12 @@ def log_figure(fig: Any, artifact_file: str, run_id: str | None = None, client: 
 
 
 def epoch_logger(*callbacks: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
-    """An ``on_epoch_end`` that logs the epoch's metrics to the active run (step = epoch), then calls each
+    """An ``on_epoch_end`` that logs the epoch's metrics to the active run as ``epoch/<name>`` (step = epoch, from
+    1; see :data:`EPOCH_PREFIX`), then calls each
     callback given (the pruning reporter, a user's hook; ``None`` entries are skipped)."""
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics({f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
         for callback in callbacks:
             if callback is not None:
                 callback(epoch, metrics)

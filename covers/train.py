@@ -215,7 +215,8 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     result: FitResult | None = None,
 ) -> FitResult:
-    """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``.
+    """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``
+    with ``epoch`` counted from 1 (as in the log line, MLflow's steps, Optuna's and ``summary/best_epoch``).
 
     ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``val_balanced_acc``, ``lr`` and
     ``epoch_time_s``. A callback may raise to stop early (pruning): pass your own ``result`` to keep what was
@@ -230,12 +231,12 @@ def fit(
             model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}"
         )
         va = evaluate(model, val_loader, loss_fn, rt)
-        metrics = {
+        metrics = {  # val_acc first: MLflow's compare view colours its parallel-coordinates plot by the first metric
+            "val_acc": va["acc"],
+            "val_loss": va["loss"],
+            "val_balanced_acc": va["balanced_acc"],
             "train_loss": tr["loss"],
             "train_acc": tr["acc"],
-            "val_loss": va["loss"],
-            "val_acc": va["acc"],
-            "val_balanced_acc": va["balanced_acc"],
             "lr": tr["lr"],
             "epoch_time_s": time.perf_counter() - start,
         }
@@ -246,7 +247,7 @@ def fit(
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             result.best_val_pred, result.val_target = va["pred"], va["target"]
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+            on_epoch_end(epoch + 1, metrics)
     return result
 
 

@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="audit_app")
 def main(cfg: DictConfig) -> None:
     from covers.audit import run_audit
 

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="promote_app")
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 

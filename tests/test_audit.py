@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import struct
+import sys
 import zipfile
 import zlib
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from covers.audit import AnomalyRules, audit_source, run_audit
+from covers.audit import AnomalyRules, audit_source, plots, run_audit
+from covers.audit.eda import FEATURES
 from covers.data import Cover, DuplicateRules, IngestLimits, clean_source, find_duplicates, fingerprint, scan_source
 from covers.data.prepare import resolve_manifest
 from covers.data.split import read_manifest
@@ -81,6 +85,25 @@ def test_bad_member_yields_exactly_its_reason_and_good_ones_are_kept(tmp_path, r
     assert [(r.member, r.reason) for r in scan.rejected] == [(member, reason)], scan.rejected
     assert sorted(c.member for c in scan.covers) == sorted(_good())
     assert scan.rejected[0].detail
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal: tqdm draws its bars only there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_scan_shows_its_progress_archive_by_archive_on_a_terminal(tmp_path, monkeypatch):
+    _write_zip(tmp_path / "Rock.zip", _good("Rock/", 3))
+    _write_zip(tmp_path / "Jazz.zip", _good("Jazz/", 2, seed=10))
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    scan_source(tmp_path)
+    shown = sys.stderr.getvalue()
+    assert "scan Jazz.zip (1/2)" in shown and "scan Rock.zip (2/2)" in shown and "file" in shown, shown
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    scan_source(tmp_path, progress=False)
+    assert sys.stderr.getvalue() == ""
 
 
 def test_archive_wide_problems_skip_only_that_archive(tmp_path):
@@ -274,7 +297,42 @@ def test_training_uses_the_audit_manifest(real_audit, album_covers, make_cfg):
         "trainer.epochs=1",
     )
     result = train(cfg)
-    assert np.isfinite(result["best_val_acc"]) and len(result["history"]) == 1
+    assert np.isfinite(result["summary/best_val_acc"]) and len(result["history"]) == 1
     params = mlflow.get_run(result["run_id"]).data.params
     counts = read_manifest(out / "manifest.csv")["split"].value_counts()
     assert {s: int(params[f"data.n_{s}"]) for s in ("train", "val", "test")} == counts.to_dict()
+
+
+# the real album covers' genres
+GENRES = [
+    "Alternative",
+    "Blues",
+    "Christian_&_Gospel",
+    "Classical",
+    "Country",
+    "Electronic",
+    "Hip-Hop",
+    "Jazz",
+    "Reggae",
+    "Rock",
+]
+
+
+def _overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of x tick labels whose drawn boxes overlap, on any axes of ``fig``."""
+    fig.canvas.draw()
+    pairs = []
+    for ax in fig.axes:
+        labels = [(t.get_text(), t.get_window_extent()) for t in ax.get_xticklabels() if t.get_text()]
+        pairs += [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(labels, 2) if box_a.overlaps(box_b)]
+    return pairs
+
+
+def test_genre_names_on_the_audit_plots_do_not_overlap():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({f: rng.random(10 * len(GENRES)) for f in FEATURES}).assign(label=np.repeat(GENRES, 10))
+    counts = pd.DataFrame({"kept": 10, "duplicate": 1}, index=pd.Index(GENRES, name="label"))
+    for fig in (plots.plot_by_class(df, FEATURES[:4], "geometry"), plots.plot_stacked_bars(counts, "members", "t")):
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == GENRES
+        assert not _overlapping_tick_labels(fig)
+        plt.close(fig)

@@ -73,7 +73,7 @@ def test_run_cfg_job_prints_config():
         [sys.executable, "experiments/run.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert "optimized_metric: best_val_acc" in out.stdout and "tf_efficientnet_lite0" in out.stdout
+    assert "optimized_metric: summary/best_val_acc" in out.stdout and "tf_efficientnet_lite0" in out.stdout
 
 
 def test_sweeper_plugin_is_discovered():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import albumentations as A
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
+from hydra.errors import CompactHydraException
 from PIL import Image
 
 from covers.augment import create_eval_transform, create_train_transform
-from covers.data import build_manifest, prepare_data, read_manifest, scan_source, write_manifest
+from covers.data import DataSourceError, build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.demo import GENRES, ensure_demo
 from covers.data.loaders import create_loader
 from covers.task import intra_op_threads, loader_workers
@@ -148,6 +150,13 @@ def test_bundle_is_built_once_per_process_until_its_files_change(tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         prepare_data("archives", 32, tmp_path, source=str(tmp_path / "nope"))
+    (tmp_path / "Rock.zip").write_bytes(b"")
+    parent = re.escape(str(tmp_path))
+    with pytest.raises(DataSourceError, match=rf"one archive\.\nPass the folder .*: data\.source={parent}$"):
+        prepare_data("archives", 32, tmp_path, source=str(tmp_path / "Rock.zip"))
+    with pytest.raises(ValueError, match=r"data\.source is not set") as unset:
+        prepare_data("archives", 32, tmp_path)
+    assert isinstance(unset.value, CompactHydraException), "Hydra apps print it without a traceback"
 
 
 NORM = {"mean": (0.5,) * 3, "std": (0.5,) * 3}

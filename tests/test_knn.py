@@ -7,12 +7,14 @@ import time
 import albumentations as A
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
 from covers import knn
-from covers.embed import normalized_batches
+from covers.embed import create_backbone, normalized_batches
+from covers.serving import PIXELS_COLUMN, CoverModel
 from covers.task import train
 from covers.train import create_runtime
 
@@ -91,14 +93,14 @@ def test_knn_baseline_on_cifar_beats_chance(make_cfg, cifar_covers):
         "model.k=10",
     )
     out = train(cfg)
-    assert out["best_val_acc"] > 0.25, out  # ten classes: chance is 0.1; measured 0.37 at 32 px
+    assert out["summary/best_val_acc"] > 0.25, out  # ten classes: chance is 0.1; measured 0.37 at 32 px
 
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "tf_efficientnet_lite0 knn k=10 similarity"
     assert run.data.tags["model.kind"] == "knn" and run.data.tags["covers.kind"] == "single"
-    assert run.data.metrics["best_val_acc"] == pytest.approx(out["best_val_acc"])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0]
+    assert run.data.metrics["summary/best_val_acc"] == pytest.approx(out["summary/best_val_acc"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_acc")] == [1]
     assert run.data.params["model.k"] == "10" and int(run.data.params["data.n_val"]) >= 490  # 10 % of 5 000
     assert not any(p.startswith(("optim.", "loss.", "freeze.", "promote.")) for p in run.data.params)
     folders = ("model", "plots", "data", "config")
@@ -122,3 +124,38 @@ def test_batched_normalisation_equals_albumentations(channels_last):
     assert all(b.is_contiguous(memory_format=fmt) for b in batches)
     with pytest.raises(ValueError, match="uint8 images"):
         next(normalized_batches(images[:, :8], mean, std, 4, rt))
+
+
+def _gallery_model() -> tuple[CoverModel, np.ndarray]:
+    """A kNN model (untrained resnet18, 32 px) over 12 random covers, the last one a copy of the first."""
+    images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    images[11] = images[0]
+    genres = ["Rock"] * 6 + ["Jazz"] * 6
+    table = pd.DataFrame({"archive": [f"{g}.zip" for g in genres], "member": [f"{i}.png" for i in range(12)]})
+    table["genre"] = genres
+    meta = {"kind": "knn", "model_name": "resnet18", "classes": ["Jazz", "Rock"], "image_size": 32}
+    meta |= {"mean": [0.5] * 3, "std": [0.25] * 3, "knn": {"k": 3}}
+    model = CoverModel(create_backbone("resnet18", weights="none"), meta, rt=create_runtime("cpu", "fp32"))
+    model.set_gallery(images, table)
+    return model, images
+
+
+def test_similar_leaves_a_gallery_cover_itself_out_unless_asked(tmp_path, caplog):
+    """Covers 0 and 11 have the same pixels, hence tie: compare similarities, not the order of tied names."""
+    model, images = _gallery_model()
+    (first, second) = model.similar(images[[0, 3]], k=3)
+    assert len(first) == len(second) == 3
+    assert not {"0.png", "11.png"} & set(first["member"]), "the cover and its exact copy are left out"
+    assert "3.png" not in set(second["member"]) and list(first["rank"]) == [1, 2, 3]
+    (kept,) = model.similar(images[[3]], k=3, keep_self=True)
+    assert kept.at[0, "member"] == "3.png" and kept.at[0, "similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert kept["similarity"][1:].tolist() == pytest.approx(second["similarity"][:2].tolist(), abs=1e-5)
+    new = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    pd.testing.assert_frame_equal(model.similar(new, k=4)[0], model.similar(new, k=4, keep_self=True)[0])
+
+    reloaded = CoverModel.from_dir(model.save(tmp_path / "model"), device="cpu")
+    (again,) = reloaded.similar(images[[3]], k=3)  # the pixel hashes travel with the saved gallery
+    assert "3.png" not in set(again["member"])
+    assert again["similarity"].tolist() == pytest.approx(second["similarity"].tolist(), abs=1e-5)
+    reloaded.gallery_table = reloaded.gallery_table.drop(columns=PIXELS_COLUMN)  # a gallery saved before them
+    assert reloaded.similar(images[[3]], k=3)[0].at[0, "member"] == "3.png" and "no pixel hashes" in caplog.text

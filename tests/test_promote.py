@@ -50,7 +50,13 @@ def store(tmp_path_factory, cache_dir) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
     client = mlflow.MlflowClient(tracking_uri=_uri(root))
-    return {"root": root, "client": client, "stdout": proc.stdout, "demo": cache_dir / "demo-v1-20x96px-seed0"}
+    return {
+        "root": root,
+        "client": client,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "demo": cache_dir / "demo-v1-20x96px-seed0",
+    }
 
 
 def _trials(client, study: str) -> list:
@@ -75,12 +81,15 @@ def _png_bytes(demo: Path, rows: pd.DataFrame) -> list[bytes]:
 def test_promote_picks_best_trial_and_tests_it_on_the_manifest_test_rows(store, tmp_path):
     client = store["client"]
     trials = _trials(client, "ft")
-    best_acc = max(r.data.metrics["best_val_acc"] for r in trials)
+    best_acc = max(r.data.metrics["summary/best_val_acc"] for r in trials)
     mv = client.get_model_version_by_alias(NAME, "champion")
     run = client.get_run(mv.run_id)
-    assert run.data.tags["study_name"] == "ft" and run.data.metrics["best_val_acc"] == best_acc
+    assert run.data.tags["study_name"] == "ft" and run.data.metrics["summary/best_val_acc"] == best_acc
     assert f"candidate v{mv.version} (run {run.info.run_id})" in store["stdout"]
     assert "champion before: none" in store["stdout"] and f"v{mv.version} holds @champion" in store["stdout"]
+    terminal = store["stdout"] + store["stderr"]
+    assert terminal.count("decision:") == 1, "the decision is shown once"
+    assert "Downloading artifacts" not in terminal, "no MLflow download progress bars"
 
     manifest = _manifest(client, run, tmp_path)
     test_rows = manifest[manifest["split"] == "test"][["archive", "member", "label"]].reset_index(drop=True)
@@ -187,21 +196,32 @@ def test_predict_cli_reports_a_corrupt_file_and_predicts_the_others(store, tmp_p
         assert r["predictions"][0]["probability"] >= r["predictions"][1]["probability"]
 
 
-def test_similar_finds_a_training_cover_itself_first(store, tmp_path, capsys):
+def _similar(store, tmp_path, capsys, *flags: str) -> tuple[pd.Series, dict]:
+    """``python -m covers similar`` on a training cover of the model's gallery: the cover and the JSON output."""
     client = store["client"]
     mv = client.get_model_version(NAME, "1")
     manifest = _manifest(client, client.get_run(mv.run_id), tmp_path)
     cover = manifest[manifest["split"] == "train"].iloc[5]
     spec = f"{store['demo'] / cover['archive']}:{cover['member']}"
     argv = ["similar", spec, "-k", "5", "--json", "--model", f"models:/{NAME}/1", "--tracking-uri", _uri(store["root"])]
-    assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
+    assert main([*argv, *flags]) == 0
+    return cover, json.loads(capsys.readouterr().out)
+
+
+def test_similar_leaves_a_training_cover_itself_out_of_its_neighbours_and_vote(store, tmp_path, capsys):
+    cover, out = _similar(store, tmp_path, capsys)
+    assert (cover["archive"], cover["member"]) not in {(n["archive"], n["member"]) for n in out["neighbours"]}
+    assert len(out["neighbours"]) == 5 and sum(out["votes"].values()) == 5 and out["genre"] in out["votes"]
+    sims = [n["similarity"] for n in out["neighbours"]]
+    assert sims == sorted(sims, reverse=True) and sims[0] < 1 - 1e-4
+
+
+def test_similar_keep_self_finds_a_training_cover_itself_first(store, tmp_path, capsys):
+    cover, out = _similar(store, tmp_path, capsys, "--keep-self")
     first = out["neighbours"][0]
     assert (first["archive"], first["member"], first["genre"]) == (cover["archive"], cover["member"], cover["label"])
     assert first["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert len(out["neighbours"]) == 5 and sum(out["votes"].values()) == 5 and out["genre"] in out["votes"]
-    sims = [n["similarity"] for n in out["neighbours"]]
-    assert sims == sorted(sims, reverse=True)
 
 
 # (best_val_acc, val_loss, start_time, run_id) -> the first one wins

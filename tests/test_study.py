@@ -145,10 +145,10 @@ def test_lr_auto_in_training_logs_found_lr_and_balanced_metrics(make_cfg, tmp_pa
     lr = float(run.data.params["optim.lr_found"])
     assert 1e-7 <= lr <= 0.1 and run.data.params["lr_find.chosen"] == "valley"
     assert run.data.metrics["lr_find.valley"] == pytest.approx(lr)
-    history = client.get_metric_history(run.info.run_id, "lr")
+    history = client.get_metric_history(run.info.run_id, "epoch/lr")
     assert max(m.value for m in history) <= lr * 1.0001
-    assert "best_val_balanced_acc" in run.data.metrics and "val_balanced_acc" in run.data.metrics
-    recalls = {k for k in run.data.metrics if k.startswith("best_val_recall.")}
+    assert "summary/best_val_balanced_acc" in run.data.metrics and "epoch/val_balanced_acc" in run.data.metrics
+    recalls = {k for k in run.data.metrics if k.startswith("summary/best_val_recall.")}
     assert len(recalls) == int(run.data.params["data.num_classes"])
     paths = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/lr_find.png" in paths
@@ -181,8 +181,8 @@ def test_validation_curve_sweep_and_report(tmp_path, cache_dir):
     assert (points["n_runs"] == 1).all() and (points["val_acc_std"] == 0).all()
     by_lr = {float(r.data.params["optim.lr"]): r.data.metrics for r in children}
     for row in points.itertuples():
-        assert row.val_acc_mean == pytest.approx(by_lr[row._1]["best_val_acc"])
-        assert row.train_acc_mean == pytest.approx(by_lr[row._1]["train_acc_at_best"])
+        assert row.val_acc_mean == pytest.approx(by_lr[row._1]["summary/best_val_acc"])
+        assert row.train_acc_mean == pytest.approx(by_lr[row._1]["summary/train_acc_at_best"])
 
     doc = write_results(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "covers", ["vc3"], tmp_path / "docs" / "results.md")
     text = doc.read_text()

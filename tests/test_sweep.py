@@ -18,7 +18,7 @@ from tests.conftest import ROOT, run_sweep
 
 
 def test_default_sweep_three_trials(tmp_path, cache_dir):
-    run_sweep(
+    proc = run_sweep(
         tmp_path,
         cache_dir,
         "hydra.sweeper.n_trials=3",
@@ -32,6 +32,17 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert set(trials[0].params) == {"optim.lr", "trainer.epochs", "loss.gamma", "freeze.n_frozen"}
+    assert study.metric_names == ["summary/best_val_acc"], "optuna-dashboard names the objective"
+    # the terminal: one line per trial (4 significant digits), a closing summary naming the best trial and the UI
+    lines = [line.split("] ", 1)[-1] for line in proc.stdout.splitlines()]
+    best = study.best_trial
+    assert f"trial {best.number} complete: summary/best_val_acc={best.value:.4f}" in lines
+    assert f"optim.lr={best.params['optim.lr']:.4g}" in lines[-3] and "Launching" not in proc.stdout
+    assert lines[-4] == "sweep t3 done: 3 trials (3 complete, 0 pruned, 0 failed)"
+    assert lines[-3].startswith(f"best: trial {best.number}, summary/best_val_acc={best.value:.4f}: ")
+    assert lines[-2].endswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db")
+    results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert results == {"name": "t3", "best_params": best.params, "best_value": best.value}
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("covers")
@@ -42,14 +53,19 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
     parent = parents[0]
     assert parent.info.run_name.startswith("sweep t3") and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.params["search.optim.lr"] == "log-uniform [0.0001, 0.03]"
+    assert parent.data.params["search.freeze.n_frozen"] == "int [0, 4]"
     by_number = {int(r.data.tags["trial_number"]): r for r in children}
     assert sorted(by_number) == [0, 1, 2]
     for t in trials:
         child = by_number[t.number]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.metrics["best_val_acc"] == pytest.approx(t.value)
-        history = client.get_metric_history(child.info.run_id, "val_acc")
-        assert [m.step for m in history] == list(range(t.params["trainer.epochs"]))
+        assert child.data.metrics["summary/best_val_acc"] == pytest.approx(t.value)
+        history = client.get_metric_history(child.info.run_id, "epoch/val_acc")
+        assert [m.step for m in history] == list(range(1, t.params["trainer.epochs"] + 1)), "epochs from 1"
+        assert sorted(t.intermediate_values) == [m.step for m in history]
+        assert child.data.metrics["summary/best_epoch"] in [m.step for m in history if m.value == t.value]
+        assert child.data.tags["trial_state"] == "COMPLETE"
         assert child.info.run_name.startswith(f"trial-{t.number} lr=")
         assert child.data.params["optim.lr"] == str(t.params["optim.lr"])
     sweep_files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
@@ -71,7 +87,9 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
 def test_bad_search_space_fails_before_any_trial(tmp_path, cache_dir):
     cmd = [sys.executable, "experiments/run.py", "-m", f"paths.root_dir={tmp_path}", "optim.nope=interval(0,1)"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
-    assert proc.returncode != 0 and "optim.nope" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "'optim.nope' is not a key of the config. Did you mean 'optim.lr'" in proc.stderr
+    assert "'+optim.nope=...'" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 4
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 

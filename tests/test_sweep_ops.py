@@ -64,13 +64,14 @@ def test_median_pruning_on_cifar(tmp_path, cache_dir, cifar_subset):
     for t in study.trials:
         run = runs[t.number]
         assert run.info.run_id == t.user_attrs["mlflow_run_id"]
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_acc")]
         assert steps == sorted(t.intermediate_values), (t.number, steps)
+        assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == t.state.name, "pruned is no crash"
         if t.state == TrialState.PRUNED:
-            assert run.info.status == "KILLED" and run.data.tags["pruned"] == "true"
+            assert run.data.tags["pruned"] == "true" and run.info.run_name.endswith(f"(pruned at epoch {len(steps)})")
             assert len(steps) < 3 and run.data.tags["pruned_at_epoch"] == str(len(steps))
         else:
-            assert run.info.status == "FINISHED" and len(steps) == 3
+            assert len(steps) == 3 and steps == [1, 2, 3]
     assert parents[0].data.metrics["trials_pruned"] == states.count(TrialState.PRUNED)
 
 

@@ -42,7 +42,7 @@ def test_sweep_logs_to_tracking_server_and_postgres_study(tmp_path, cache_dir, c
         for run in trials:
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
             assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded through the server
-            assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0]
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_acc")] == [1]
             plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert "plots/learning_curves.png" in plots
             # the storage URL (with its password) stays in the environment, out of the logged Hydra config

@@ -26,15 +26,15 @@ def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
         "freeze.n_frozen=1",
     )
     out = train(cfg)
-    assert out["best_val_acc"] > 0.3, out  # chance is 0.1
+    assert out["summary/best_val_acc"] > 0.3, out  # chance is 0.1
     assert len(out["history"]) == 2
 
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri.replace("./", ""))
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == run_name(cfg)
-    assert run.data.metrics["best_val_acc"] == out["best_val_acc"]
+    assert run.data.metrics["summary/best_val_acc"] == out["summary/best_val_acc"]
     for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 1], metric
+        assert [m.step for m in client.get_metric_history(run.info.run_id, f"epoch/{metric}")] == [1, 2], metric
     # the default split is cleaned like the audit's: 5 near-duplicate CIFAR copies are dropped (4995 kept, 8:1:1)
     assert run.data.params["optim.lr"] == "0.003" and run.data.params["data.n_train"] == "3996"
     assert "trial.number" not in run.data.params

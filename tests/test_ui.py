@@ -138,12 +138,12 @@ def test_rest_api_names_metrics_params_artifacts(mlflow_url, runs):
         assert re.fullmatch(
             rf"trial-{_trial_number(run)} lr=\d\.\de-\d\d ep={EPOCHS} γ=[\d.e+-]+ frozen=\d", run.info.run_name
         )
-        history = get_json(
-            f"{mlflow_url}/api/2.0/mlflow/metrics/get-history", {"run_id": run.info.run_id, "metric_key": "val_acc"}
-        )["metrics"]
-        assert [m["step"] for m in history] == list(range(EPOCHS))
-        assert max(m["value"] for m in history) == pytest.approx(run.data.metrics["best_val_acc"])
-        assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "best_val_acc"} <= set(run.data.metrics)
+        query = {"run_id": run.info.run_id, "metric_key": "epoch/val_acc"}
+        history = get_json(f"{mlflow_url}/api/2.0/mlflow/metrics/get-history", query)["metrics"]
+        assert [m["step"] for m in history] == list(range(1, EPOCHS + 1))
+        assert max(m["value"] for m in history) == pytest.approx(run.data.metrics["summary/best_val_acc"])
+        curves = {f"epoch/{k}" for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+        assert curves | {"summary/best_val_acc"} <= set(run.data.metrics)
         # params by config group; no machine-specific folders that differ per trial
         assert {"model.name", "loss.gamma", "optim.lr", "freeze.n_frozen", "trainer.epochs"} <= set(run.data.params)
         assert not [k for k in run.data.params if k.startswith(("paths.", "audit.", "hydra.", "trial."))]
@@ -171,8 +171,13 @@ def test_trial_page_shows_val_acc_per_epoch_and_learning_curves(page, mlflow_url
     expect(page.get_by_role("heading", name=trial.info.run_name)).to_be_visible()
 
     page.get_by_role("tab", name="Model metrics").click()
+    # the page opens on the per-epoch curves (section "epoch"), the single values (section "summary") below them
+    cards = page.get_by_test_id("experiment-view-compare-runs-card")
+    expect(cards.first.locator("h4")).to_have_attribute("title", re.compile(r"^epoch/"))
+    expect(cards.first.locator(".js-plotly-plot g.points path.point")).to_have_count(EPOCHS)  # a curve, no bar
+    page.screenshot(path=SHOTS / "3-trial-metrics.png")
     page.get_by_placeholder("Search metric charts").fill("val_acc")
-    chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.locator("h4[title='val_acc']"))
+    chart = cards.filter(has=page.locator("h4[title='epoch/val_acc']"))
     expect(chart.locator(".js-plotly-plot g.points path.point")).to_have_count(EPOCHS)  # one marker per epoch
     page.screenshot(path=SHOTS / "3-trial-val_acc.png")
 
@@ -203,7 +208,25 @@ def test_compare_view_of_two_trials(page, mlflow_url, runs):
     axes = page.locator(".js-plotly-plot text.axis-title")
     expect(axes).to_have_count(min(3, len(differ)) + 1)
     assert axes.all_text_contents()[:-1] == differ[:3]
+    # ... coloured by the first metric logged: the per-epoch validation accuracy
+    assert axes.all_text_contents()[-1] == "epoch/val_acc"
     page.screenshot(path=SHOTS / "5-compare.png", full_page=True)
+
+    # the two clicks the README describes: a fourth parameter (MLflow shows 3) and the objective
+    params_box, metrics_box = page.get_by_role("combobox").nth(0), page.get_by_role("combobox").nth(1)
+    params_box.click()
+    page.keyboard.type("trainer.epochs")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    metrics_box.click()
+    page.keyboard.type("summary/best_val_acc")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    expect(axes).to_have_count(min(3, len(differ)) + 3)  # (the SVG's text order is not the axes' order)
+    assert sorted(axes.all_text_contents()) == sorted(
+        [*differ[:3], "trainer.epochs", "epoch/val_acc", "summary/best_val_acc"]
+    )
+    page.screenshot(path=SHOTS / "6-compare-objective.png", full_page=True)
 
 
 def test_optuna_dashboard_reads_the_study(sweep_dir, runs, tmp_path):
@@ -222,5 +245,5 @@ def test_optuna_dashboard_reads_the_study(sweep_dir, runs, tmp_path):
     for row, trial, run in zip(shown, study.trials, runs.trials, strict=True):
         assert row["state"] == "Complete" and row["values"] == [pytest.approx(trial.value)]
         assert {p["name"] for p in row["params"]} == SEARCHED
-        assert [v["step"] for v in row["intermediate_values"]] == list(range(EPOCHS))
+        assert [v["step"] for v in row["intermediate_values"]] == list(range(1, EPOCHS + 1))
         assert {a["key"]: a["value"] for a in row["user_attrs"]}["mlflow_run_id"] == run.info.run_id

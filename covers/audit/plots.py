@@ -12,10 +12,17 @@ import numpy as np
 import pandas as pd
 
 
+def upright_class_names(ax: plt.Axes) -> None:
+    """Class names on the x axis turned upright, each on its own tick: long names (``Christian_&_Gospel``) never
+    run into their neighbours."""
+    ax.tick_params(axis="x", labelrotation=90)
+
+
 def plot_stacked_bars(table: pd.DataFrame, ylabel: str, title: str) -> plt.Figure:
     """A stacked bar per row of ``table`` (e.g. per class: kept and each rejection reason, or colour modes)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(table) + 2), 4))
-    table.plot.bar(stacked=True, ax=ax, rot=45)
+    table.plot.bar(stacked=True, ax=ax)
+    upright_class_names(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
@@ -28,7 +35,8 @@ def plot_by_class(df: pd.DataFrame, features: Sequence[str], title: str) -> plt.
     rows = -(-len(features) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 3.6 * rows), squeeze=False)
     for ax, feature in zip(axes.ravel(), features, strict=False):
-        df.boxplot(column=feature, by="label", ax=ax, rot=45, grid=False)
+        df.boxplot(column=feature, by="label", ax=ax, grid=False)
+        upright_class_names(ax)
         ax.set_title(feature)
         ax.set_xlabel("")
     for ax in axes.ravel()[len(features) :]:

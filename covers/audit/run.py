@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ def audit_source(
         "anomalies": asdict(anomaly_rules),
         "split": split,
     }
+    log.info("%d covers kept of %d; drawing the plots into %s", report["kept"], report["members_total"], out)
     names = save_plots(source, out, clean, table, report, rules, samples_per_class)
     report["plots"] = sorted(names.values())
     if clean.leakage == 0:
@@ -230,8 +232,14 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
         a.report.closest_pairs,
         a.report.samples_per_class,
     )
+    where = [f"audit report: {(out / 'report.md').absolute()}"]
     if a.log_mlflow:
+        log.info("logging the audit to the MLflow experiment %s", a.experiment)
         report["mlflow_run_id"] = log_audit(report, out, cfg.tracking, a.experiment)
+        uri = shlex.quote(track.resolve_sqlite_uri(cfg.tracking.uri))
+        where.append(f"MLflow run {report['mlflow_run_id']} (experiment {a.experiment})")
+        where.append(f"open it with: mlflow ui --backend-store-uri {uri}")
     if report["leakage"]:
         raise RuntimeError(f"{report['leakage']} duplicate groups straddle splits; no manifest written (see {out})")
+    log.info("; ".join(where))
     return report

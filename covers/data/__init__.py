@@ -1,7 +1,15 @@
 """Data: genre archives → scan → cleaning (duplicates) → split manifest → decode-once store → loaders."""
 
 from covers.data._members import IngestLimits
-from covers.data.archives import Cover, Rejection, ScanResult, decode_rgb, scan_source
+from covers.data.archives import (
+    Cover,
+    DataSourceError,
+    DataSourceNotFound,
+    Rejection,
+    ScanResult,
+    decode_rgb,
+    scan_source,
+)
 from covers.data.clean import CleanResult, clean_scan, clean_source
 from covers.data.dedup import DuplicateRules, find_duplicates, fingerprint
 from covers.data.prepare import DataBundle, prepare_data
@@ -11,6 +19,8 @@ __all__ = [
     "CleanResult",
     "Cover",
     "DataBundle",
+    "DataSourceError",
+    "DataSourceNotFound",
     "DuplicateRules",
     "IngestLimits",
     "Rejection",

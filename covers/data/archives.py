@@ -13,7 +13,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from hydra.errors import CompactHydraException
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from covers.data._members import IngestLimits, read_members
 
@@ -37,6 +39,33 @@ REASONS = (
     "sha256_mismatch",
 )
 Measure = Callable[[Image.Image], dict[str, Any]]
+SOURCE_FIX = (
+    "Pass data.source=DIR: a folder of <Genre>.zip archives (each holding <Genre>/*.png) or of <Genre>/ image\n"
+    "folders, e.g. data=archives data.source=/path/to/covers (data=demo uses the built-in demo covers)."
+)
+
+
+class DataSourceError(CompactHydraException, ValueError):
+    """A data source that cannot be read (not set, not a folder): a Hydra app prints its message alone and exits 1
+    (the trace with ``HYDRA_FULL_ERROR=1``)."""
+
+
+class DataSourceNotFound(DataSourceError, FileNotFoundError):
+    """``data.source`` names no folder."""
+
+
+def check_source_dir(source: str | Path) -> Path:
+    """``source`` if it is a folder, else :class:`DataSourceNotFound` saying what it is instead and what to pass."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    cause = f"data.source={source} is not a directory"
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if path.suffix.lower() == ".zip" and path.is_file():
+        fix = f"Pass the folder that holds the <Genre>.zip archives: data.source={path.parent}"
+        raise DataSourceNotFound(f"{cause}: it is one archive.\n{fix}")
+    found = "a file" if path.exists() else "no such path"
+    raise DataSourceNotFound(f"{cause}: {found}{where}.\n{SOURCE_FIX}")
 
 
 @dataclass(frozen=True)
@@ -119,9 +148,7 @@ def fit_square(im: Image.Image, size: int) -> np.ndarray:
 
 def iter_entries(source: Path) -> Iterator[tuple[str, str, Path]]:
     """Yield ``(archive, label, path)`` for every class archive or class folder in ``source``."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"data source {source} is not a directory of genre archives or class folders")
-    for path in sorted(source.iterdir()):
+    for path in sorted(check_source_dir(source).iterdir()):
         if path.name.startswith("."):
             continue
         if path.is_dir():
@@ -159,32 +186,41 @@ def check_member(
     return Cover(archive, member, label, sha, im.width, im.height, mode, len(data)), im
 
 
-def iter_source(source: Path, limits: IngestLimits) -> Iterator[tuple[Cover | Rejection, Image.Image | None]]:
-    """Every member of every archive/folder in ``source``: a cover with its decoded image, or a rejection."""
-    for archive, label, path in iter_entries(source):
-        if not label:
-            yield Rejection(archive, "", "not_archive", "not a .zip archive or class folder; skipped"), None
-            continue
-        for read in read_members(path, limits):
-            if read.reason:
-                yield Rejection(archive, read.member, read.reason, read.detail), None
-            else:
-                yield check_member(archive, label, read.member, read.data, limits)
+def iter_archive(
+    archive: str, label: str, path: Path, limits: IngestLimits
+) -> Iterator[tuple[Cover | Rejection, Image.Image | None]]:
+    """Every member of one entry of :func:`iter_entries`: a cover with its decoded image, or a rejection."""
+    if not label:
+        yield Rejection(archive, "", "not_archive", "not a .zip archive or class folder; skipped"), None
+        return
+    for read in read_members(path, limits):
+        if read.reason:
+            yield Rejection(archive, read.member, read.reason, read.detail), None
+        else:
+            yield check_member(archive, label, read.member, read.data, limits)
 
 
-def scan_source(source: str | Path, limits: IngestLimits | None = None, measure: Measure | None = None) -> ScanResult:
+def scan_source(
+    source: str | Path, limits: IngestLimits | None = None, measure: Measure | None = None, progress: bool = True
+) -> ScanResult:
     """Scan every archive/folder in ``source``; unusable members are skipped with a counted reason.
 
-    ``measure(image)`` is called on every decoded cover and its dicts are kept in ``ScanResult.measures``."""
+    ``measure(image)`` is called on every decoded cover and its dicts are kept in ``ScanResult.measures``.
+    ``progress``: a bar on stderr (when it is a terminal) counting the files read, archive by archive."""
     source = Path(source)
     limits = limits or IngestLimits()
     result = ScanResult()
-    for item, im in iter_source(source, limits):
-        if isinstance(item, Rejection):
-            result.rejected.append(item)
-            continue
-        result.covers.append(item)
-        result.measures.append(measure(im) if measure else {})
+    entries = list(iter_entries(source))
+    with tqdm(desc="scan", unit="file", disable=None if progress else True, leave=False) as bar:
+        for n, (archive, label, path) in enumerate(entries, 1):
+            bar.set_description_str(f"scan {archive} ({n}/{len(entries)})")
+            for item, im in iter_archive(archive, label, path, limits):
+                bar.update()
+                if isinstance(item, Rejection):
+                    result.rejected.append(item)
+                    continue
+                result.covers.append(item)
+                result.measures.append(measure(im) if measure else {})
     log_rejections(result.rejected, len(result.rejected) + len(result.covers), "skipped", "members")
     if not result.covers:
         raise ValueError(f"no usable images found in {source} (rejections: {dict(result.reasons())})")

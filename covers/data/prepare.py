@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from covers.data._members import IngestLimits
-from covers.data.archives import iter_entries, log_rejections
+from covers.data.archives import SOURCE_FIX, DataSourceError, check_source_dir, iter_entries, log_rejections
 from covers.data.cache import load_image_store
 from covers.data.checks import check_manifest
 from covers.data.clean import clean_source
@@ -72,15 +72,14 @@ def source_fingerprint(source: Path) -> str:
 
 
 def resolve_source(name: str, source: str | None, cache_dir: Path, demo: dict | None = None) -> Path:
-    """The directory to read: the generated demo set for ``name == 'demo'`` without a source, else ``source``."""
+    """The directory to read: the generated demo set for ``name == 'demo'`` without a source, else ``source``.
+
+    A source that is not set or not a folder raises :class:`DataSourceError` (message: the cause and the fix)."""
     if source:
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"data.source={source!r} is not a directory (expected <Genre>.zip archives)")
-        return path.resolve()
+        return check_source_dir(source).resolve()
     if name == "demo":
         return ensure_demo(cache_dir, **(demo or {}))
-    raise ValueError("data.source is required (a directory of <Genre>.zip archives or class folders)")
+    raise DataSourceError(f"data.source is not set: data={name} reads your own covers.\n{SOURCE_FIX}")
 
 
 def cleaning_key(limits: IngestLimits, rules: DuplicateRules) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import time
@@ -22,12 +23,13 @@ from optuna.trial import TrialState
 from covers.sweep import budget
 from covers.sweep.compose import SweepConfigLoader
 from covers.sweep.devices import slot_devices
+from covers.sweep.outcome import format_params, summary_lines, write_results
 from covers.sweep.recovery import stale_trial_callback
 from covers.sweep.sampler import create_sampler, sampler_name
-from covers.sweep.search_space import SearchSpaceError, format_override, parse_params
+from covers.sweep.search_space import SearchSpaceError, describe_space, format_override, parse_params
 from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
 from covers.sweep.storage import normalise_storage_url, open_storage
-from covers.track import sqlite_init_lock
+from covers.track import flatten, resolve_sqlite_uri, sqlite_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def unknown_key_message(key: str, config: DictConfig) -> str:
+    """What to do about a search-space key the config does not have: the closest keys, and how to add one."""
+    keys = [k for k in flatten(OmegaConf.to_container(config, resolve=False)) if not k.startswith("hydra.")]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
+    return (
+        f"search-space parameter {key!r} is not a key of the config.{hint} Check its spelling (python "
+        f"experiments/run.py --cfg job lists every key), or write '+{key}=...' to add a new key."
+    )
 
 
 def first_failure(trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -103,6 +116,7 @@ class OptunaSweeperImpl(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.objective = str(OmegaConf.select(config, "optimized_metric", default="objective"))
         if self.compose_cache:  # trials reuse the composition they share (covers.sweep.compose)
             loader = SweepConfigLoader(hydra_context.config_loader)
             hydra_context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
@@ -116,7 +130,7 @@ class OptunaSweeperImpl(Sweeper):
         missing = object()
         for key in distributions:
             if key[0] not in "+~" and OmegaConf.select(self.config, key, default=missing) is missing:
-                raise SearchSpaceError(f"search-space parameter {key!r} is not a key of the composed config")
+                raise SearchSpaceError(unknown_key_message(key, self.config))
         return distributions, fixed
 
     # -- set-up --------------------------------------------------------------------------------------------------
@@ -135,17 +149,21 @@ class OptunaSweeperImpl(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
+        if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective, not "Objective 0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([self.objective])
         n_trials = min(self.n_trials, grid_size) if grid_size else self.n_trials
         done = len(budget.counted(study.get_trials(deepcopy=False)))
         log.info(
-            "study %s (storage %s, sampler %s, pruner %s): %d of %d trials exist; search space %s",
+            "study %s (storage %s, sampler %s, pruner %s): %d of %d trials exist; search space: %s",
             study.study_name,
             _safe_url(self.storage_url),
             sampler_name(study.sampler),
             type(study.pruner).__name__,
             done,
             n_trials,
-            distributions,
+            describe_space(distributions),
         )
         return study, n_trials
 
@@ -181,6 +199,7 @@ class OptunaSweeperImpl(Sweeper):
                     parent = self._parent_run(study, distributions, n_trials)
                 self._run(study, distributions, fixed_overrides, n_trials, parent)
                 self._check_result(study)
+                results = write_results(self.config.hydra.sweep.dir, study)
             except KeyboardInterrupt:
                 status = "KILLED"
                 log.warning("sweep interrupted; rerun with hydra.sweeper.study_name=%s to resume", study.study_name)
@@ -191,6 +210,9 @@ class OptunaSweeperImpl(Sweeper):
             finally:
                 if parent:
                     self._close_parent(study, parent, status)
+            uri = self.mlflow_cfg.uri if self.mlflow_cfg else None
+            for line in summary_lines(study, self.objective, parent, resolve_sqlite_uri(uri), results):
+                log.info(line)
 
     def _close_parent(self, study: optuna.Study, parent: str, status: str) -> None:
         """The final summary, then the parent's end status (written with Ctrl-C/SIGTERM held back)."""
@@ -243,6 +265,7 @@ class OptunaSweeperImpl(Sweeper):
                             break
                         running[trial.number] = trial
                         beat.add(trial._trial_id)
+                        log.info("trial %d: %s", trial.number, format_params(trial.params))
                         slot = min(set(range(slots)) - {s for _, s in in_flight.values()})
                         overrides = self._overrides(study, trial, fixed, parent, devices[slot])
                         if parallel:
@@ -297,8 +320,9 @@ class OptunaSweeperImpl(Sweeper):
         beat.remove(trial._trial_id)
         self._tell(study, trial, ret)
         if parent:
-            from covers.sweep.summary import log_sweep_summary
+            from covers.sweep.summary import log_sweep_summary, tag_trial_state
 
+            tag_trial_state(study, trial.number)
             log_sweep_summary(study, parent)
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial) -> None:
@@ -334,14 +358,15 @@ class OptunaSweeperImpl(Sweeper):
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
         if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
             # read directly: Hydra's return_value getter reports every non-completed job as an error
-            log.info("trial %d pruned: %s", trial.number, ret._return_value)
+            log.info("trial %d pruned: %s", trial.number, ret._return_value)  # the message names the epoch
             tell(study, trial, state=TrialState.PRUNED)
             return
         try:
             value = float(ret.return_value)
         except Exception as e:  # the job raised, or returned something that is not a number
-            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+            error = f"{type(e).__name__}: {e}"
+            log.warning("trial %d failed: %s", trial.number, error.splitlines()[0])
+            trial.set_user_attr("error", error[:1000])
             tell(study, trial, state=TrialState.FAIL)
             return
         if not math.isfinite(value):
@@ -349,7 +374,7 @@ class OptunaSweeperImpl(Sweeper):
             tell(study, trial, state=TrialState.FAIL)
             return
         tell(study, trial, value)
-        log.info("trial %d: %s=%.4f %s", trial.number, "value", value, trial.params)
+        log.info("trial %d complete: %s=%.4f", trial.number, self.objective, value)
 
 
 def _safe_url(url: str | None) -> str:

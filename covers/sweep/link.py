@@ -29,7 +29,8 @@ def connect_trial(
 
 
 class TrialReporter:
-    """Epoch callback: report ``metric`` to the trial and raise :class:`optuna.TrialPruned` when the pruner says so."""
+    """Epoch callback (epochs from 1): report ``metric`` to the trial at that step and raise
+    :class:`optuna.TrialPruned` when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial, metric: str = "val_acc", epochs: int | None = None) -> None:
         self.trial, self.metric, self.epochs = trial, metric, epochs
@@ -37,9 +38,9 @@ class TrialReporter:
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         value = float(metrics[self.metric])
         self.trial.report(value, epoch)
-        last = self.epochs is not None and epoch + 1 >= self.epochs  # a finished trial is never thrown away
+        last = self.epochs is not None and epoch >= self.epochs  # a finished trial is never thrown away
         if not last and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} ({self.metric}={value:.4f})")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.metric}={value:.4f})")
 
 
 def reporter_for(cfg: DictConfig, epochs: int | None = None) -> TrialReporter | None:

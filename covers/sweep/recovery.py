@@ -47,6 +47,7 @@ def stale_trial_callback(
                 client = MlflowClient(tracking_uri=resolve_sqlite_uri(mlflow_cfg.uri))
                 for run_id in trial_run_ids(client, mlflow_cfg.experiment, study.study_name, trial):
                     client.set_tag(run_id, "error", reason)
+                    client.set_tag(run_id, "trial_state", "FAIL")
                     client.set_terminated(run_id, status="FAILED")
             except Exception:  # the retry below matters more than the run's status
                 log.exception("could not end the MLflow run of dead trial %d", trial.number)

@@ -12,11 +12,13 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import CompactHydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 
-class SearchSpaceError(ValueError):
-    """A search-space entry that cannot become an Optuna distribution."""
+class SearchSpaceError(CompactHydraException, ValueError):
+    """A search-space entry that cannot become an Optuna distribution, or names no config key: Hydra prints the
+    message alone (no traceback) and exits 1."""
 
 
 def distribution_from_override(override: Override) -> BaseDistribution | str:
@@ -103,3 +105,21 @@ def quote(text: str) -> str:
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
     escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
     return f"'{escaped}'"
+
+
+def describe(distribution: BaseDistribution) -> str:
+    """A distribution as a person reads it: ``log-uniform [0.0001, 0.03]``, ``int [0, 4]``, ``choice(4, 8)``."""
+    if isinstance(distribution, CategoricalDistribution):
+        return "choice(" + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in distribution.choices) + ")"
+    kind = "int " if isinstance(distribution, IntDistribution) else ""
+    kind += "log-uniform" if distribution.log else ("uniform" if not kind else "")
+    text = f"{kind.strip()} [{distribution.low:.4g}, {distribution.high:.4g}]"
+    step = distribution.step
+    return (
+        text if step is None or (isinstance(distribution, IntDistribution) and step == 1) else f"{text} step {step:.4g}"
+    )
+
+
+def describe_space(distributions: Mapping[str, BaseDistribution]) -> str:
+    """``optim.lr: log-uniform [0.0001, 0.03], freeze.n_frozen: int [0, 4]`` for log lines."""
+    return ", ".join(f"{name}: {describe(d)}" for name, d in distributions.items())

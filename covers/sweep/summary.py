@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
+from covers.sweep.search_space import describe
 from covers.track import setup_tracking
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def open_parent_run(study: optuna.Study, mlflow_cfg: DictConfig, distributions: 
     run = client.create_run(exp_id, run_name=name, tags={"covers.kind": "sweep", "study_name": study.study_name})
     run_id = run.info.run_id
     for k, v in {
-        **{f"search.{mlflow_key(k)}": v for k, v in distributions.items()},
+        **{f"search.{mlflow_key(k)}": describe(v) for k, v in distributions.items()},
         **{f"sweeper.{k}": v for k, v in settings.items()},
     }.items():
         client.log_param(run_id, k[:250], str(v)[:6000])
@@ -113,6 +114,15 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     """Tags in one batch: sweep workers sharing a study write the same tags at the same moment, and MLflow's
     batch path retries an insert that another writer won (``set_tag`` fails with a UNIQUE constraint on SQLite)."""
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def tag_trial_state(study: optuna.Study, number: int) -> None:
+    """The trial's Optuna state (COMPLETE, PRUNED, FAIL) as tag ``trial_state`` on its MLflow run: a pruned trial's
+    run is FINISHED, and this tag (a column in the runs list) tells it from a complete one."""
+    trial = study.get_trials(deepcopy=False)[number]
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        _set_tags(MlflowClient(), run_id, {"trial_state": trial.state.name})
 
 
 def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:

@@ -1,0 +1,56 @@
+"""What a sweep tells its user in the terminal and in its folder: trial lines, the closing summary and
+``optimization_results.yaml`` (as hydra-optuna-sweeper writes it)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from covers.sweep.budget import counted
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "optimization_results.yaml"
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """``optim.lr=0.005312 freeze.n_frozen=1`` (floats to 4 significant digits; the job gets exact values)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def write_results(folder: str | Path, study: optuna.Study) -> Path | None:
+    """``optimization_results.yaml`` (``name``, ``best_params``, ``best_value``) in the sweep folder; None without a
+    completed trial."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    path = Path(folder) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    best = study.best_trial
+    doc = {"name": study.study_name, "best_params": best.params, "best_value": float(best.value)}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def summary_lines(
+    study: optuna.Study, metric: str, parent: str | None, tracking_uri: str | None, results: Path | None
+) -> list[str]:
+    """The sweep's closing lines: counts, the best trial, where to look."""
+    trials = counted(study.get_trials(deepcopy=False))
+    states = Counter(t.state for t in trials)
+    words = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    counts = ", ".join(f"{states[state]} {word}" for state, word in words.items())
+    lines = [f"sweep {study.study_name} done: {len(trials)} trials ({counts})"]
+    if states[TrialState.COMPLETE]:
+        best = study.best_trial
+        lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")
+    if parent:
+        lines.append(f"MLflow parent run {parent}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
+    if results:
+        lines.append(f"best parameters: {results}")
+    return lines
