@@ -208,32 +208,30 @@ class OptunaSweeperImpl(Sweeper):
                 status = "FAILED"
                 raise
             finally:
-                if parent:
-                    self._close_parent(study, parent, status)
+                with signals_deferred():
+                    if parent:
+                        self._close_parent(study, parent, status)
             uri = self.mlflow_cfg.uri if self.mlflow_cfg else None
             for line in summary_lines(study, self.objective, parent, resolve_sqlite_uri(uri), results):
                 log.info(line)
 
     def _close_parent(self, study: optuna.Study, parent: str, status: str) -> None:
-        """The final summary, then the parent's end status (written with Ctrl-C/SIGTERM held back)."""
+        """The final summary, then the parent's end status. The caller holds Ctrl-C/SIGTERM back meanwhile (a second
+        or so): a signal in this short stretch is raised once the status is written, never leaving it RUNNING."""
         from mlflow import MlflowClient
 
         from covers.sweep.summary import log_sweep_summary
 
-        log.info("sweep %s: writing the final summary to MLflow parent run %s", status.lower(), parent)
         try:
+            log.info("sweep %s: writing the final summary to MLflow parent run %s", status.lower(), parent)
             log_sweep_summary(study, parent, final=True)
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
         except Exception:  # never hide why the sweep stopped behind a failing summary
             log.exception("could not write the sweep summary to the parent run %s", parent)
             if status == "FINISHED":
                 status = "FAILED"
                 raise
         finally:
-            with signals_deferred():
-                MlflowClient().set_terminated(parent, status=status)
+            MlflowClient().set_terminated(parent, status=status)
 
     def _check_result(self, study: optuna.Study) -> None:
         """A sweep in which no trial completed is a failure, whatever ``max_failure_rate`` allows."""
