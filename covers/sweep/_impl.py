@@ -28,7 +28,7 @@ from covers.sweep.recovery import stale_trial_callback
 from covers.sweep.sampler import create_sampler, sampler_name
 from covers.sweep.search_space import SearchSpaceError, describe_space, format_override, parse_params
 from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
-from covers.sweep.storage import normalise_storage_url, open_storage
+from covers.sweep.storage import normalise_storage_url, open_storage, optuna_experimental_quiet
 from covers.track import flatten, resolve_sqlite_uri, sqlite_init_lock
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's check for trials whose worker died (heartbeat older than ``grace_period``): failed, their MLflow
     runs ended and their parameters retried (:mod:`covers.sweep.recovery`). Optuna's "experimental" warning is
     noise on every pass."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_experimental_quiet():
         optuna.storages.fail_stale_trials(study)
 
 
@@ -150,8 +149,7 @@ class OptunaSweeperImpl(Sweeper):
                 load_if_exists=True,
             )
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective, not "Objective 0"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with optuna_experimental_quiet():
                 study.set_metric_names([self.objective])
         n_trials = min(self.n_trials, grid_size) if grid_size else self.n_trials
         done = len(budget.counted(study.get_trials(deepcopy=False)))
@@ -279,7 +277,7 @@ class OptunaSweeperImpl(Sweeper):
                             self._finish(study, running.pop(trial.number), beat, parent, fut.result())
                         continue
                     if stop:
-                        self._raise_failures(study, n_trials)
+                        raise SweepFailed(stop)
                     if budget.has_waiting(study):  # a retry queued meanwhile (e.g. by another worker)
                         continue
                     others = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -329,15 +327,14 @@ class OptunaSweeperImpl(Sweeper):
             tell(study, trial, state=TrialState.FAIL)
             budget.retry(study, study.get_trials(deepcopy=False)[trial.number])
 
-    def _failures_exceeded(self, study: optuna.Study, n_trials: int) -> bool:
-        failed = sum(t.state == TrialState.FAIL for t in budget.counted(study.get_trials(deepcopy=False)))
-        return failed > self.max_failure_rate * n_trials
-
-    def _raise_failures(self, study: optuna.Study, n_trials: int) -> None:
+    def _failures_exceeded(self, study: optuna.Study, n_trials: int) -> str | None:
+        """The reason to stop when more than ``max_failure_rate`` of ``n_trials`` failed, else None."""
         trials = budget.counted(study.get_trials(deepcopy=False))
         failed = sum(t.state == TrialState.FAIL for t in trials)
+        if failed <= self.max_failure_rate * n_trials:
+            return None
         allowed = math.floor(self.max_failure_rate * n_trials)
-        raise SweepFailed(
+        return (
             f"sweep stopped: {failed} of {len(trials)} trials failed (max_failure_rate={self.max_failure_rate} of "
             f"n_trials={n_trials} allows {allowed}); first {first_failure(trials)}"
         )

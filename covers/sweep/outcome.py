@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ import yaml
 from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
-
-log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
 

@@ -21,7 +21,8 @@ REASON = "worker died: no heartbeat for {grace}s (failed by the sweeper; its par
 
 
 def trial_run_ids(client: MlflowClient, experiment: str, study_name: str, trial: FrozenTrial) -> list[str]:
-    """The MLflow runs of ``trial`` still RUNNING: the one its job recorded, or those tagged with its number."""
+    """The MLflow runs of ``trial`` still RUNNING, found by the study and trial tags every trial run carries (the
+    job may have died before it recorded its run id in the trial)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []

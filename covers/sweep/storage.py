@@ -8,7 +8,8 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,14 @@ from covers.track import check_sqlite_store, resolve_sqlite_uri
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:///"
+
+
+@contextmanager
+def optuna_experimental_quiet() -> Iterator[None]:
+    """Optuna's ExperimentalWarning silenced: the heartbeat features covers relies on would print it in every sweep."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def normalise_storage_url(url: str | None) -> str | None:
@@ -57,8 +66,7 @@ def create_storage(
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": failed_trial_callback,
         }
-    with warnings.catch_warnings():  # "heartbeat_interval is experimental": noise in every sweep
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_experimental_quiet():  # "heartbeat_interval is experimental"
         return RDBStorage(url, **kwargs)
 
 
