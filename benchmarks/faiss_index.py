@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from benchmarks._timing import machine, report
-from covers.knn import INDEX_KINDS, build_index, search
+from covers.knn.faiss_index import INDEX_KINDS, build_index, search
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator, latent: int = 64) -> np.ndarray:

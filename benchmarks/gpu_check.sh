@@ -40,7 +40,7 @@ import os, torch, timm
 print("torch", torch.__version__, "timm", timm.__version__, "cores", os.cpu_count(), "cuda", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), "bf16:", torch.cuda.is_bf16_supported())
-from covers.train import create_runtime
+from covers.training.loop import create_runtime
 print("runtime:", create_runtime())
 EOF
 

@@ -31,8 +31,8 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader
 
 from benchmarks._timing import machine, report
-from covers.augment import create_train_transform
 from covers.data.loaders import create_loader
+from covers.data.transforms import create_train_transform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUG = {"hflip": 0.5, "scale": (0.7, 1.0), "rotate": 10, "color_jitter": 0.2}

@@ -27,19 +27,19 @@ from benchmarks._timing import machine, report
 ROOT = Path(__file__).resolve().parents[1]
 # (module, attribute, label): the steps of a trial's start-up, in the order they run
 STEPS = [
-    ("covers.sweep._impl", "OptunaSweeperImpl._launch", "sweeper launches the job"),
+    ("covers.sweep.sweeper", "OptunaSweeperImpl._launch", "sweeper launches the job"),
     ("covers.sweep.compose", "SweepConfigLoader.load_sweep_config", "config composition"),
     ("hydra.core.utils", "run_job", "Hydra job set-up"),
     ("hydra.core.utils", "_save_config", ".hydra/*.yaml"),
-    ("covers.task", "train", "task starts"),
-    ("covers.task", "reporter_for", "link to the Optuna trial"),
-    ("covers.track", "setup_tracking", "MLflow experiment"),
+    ("covers.run.finetune", "train", "task starts"),
+    ("covers.run.finetune", "reporter_for", "link to the Optuna trial"),
+    ("covers.tracking.runs", "setup_tracking", "MLflow experiment"),
     ("mlflow", "start_run", "MLflow run"),
-    ("covers.task", "load_data", "data bundle"),
-    ("covers.task", "log_run_record", "params + config/manifest artifacts"),
-    ("covers.task", "build_training", "model copy, freezing, loss, loaders"),
-    ("covers.train", "Runtime.place", "model to device/memory format"),
-    ("covers.train", "train_one_epoch", "first epoch starts"),
+    ("covers.run.finetune", "load_data", "data bundle"),
+    ("covers.run.finetune", "log_run_record", "params + config/manifest artifacts"),
+    ("covers.run.finetune", "build_training", "model copy, freezing, loss, loaders"),
+    ("covers.training.loop", "Runtime.place", "model to device/memory format"),
+    ("covers.training.loop", "train_one_epoch", "first epoch starts"),
 ]
 
 
@@ -127,7 +127,7 @@ def _median(values: list[float]) -> float:
 def run(n_trials: int = 8, smoke: bool = False) -> dict:
     """A sweep of ``n_trials`` one-epoch trials of the default config (random sampler, no pruning)."""
     timeline = Timeline()
-    timeline.wrap("covers.sweep._impl", "OptunaSweeperImpl._ask", "ask", new_trial=True)
+    timeline.wrap("covers.sweep.sweeper", "OptunaSweeperImpl._ask", "ask", new_trial=True)
     for module, attr, label in STEPS:
         timeline.wrap(module, attr, label)
     gc.callbacks.append(timeline.gc_callback)

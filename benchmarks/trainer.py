@@ -7,7 +7,7 @@
 Rows: (1) covers' ``train_one_epoch`` vs a bare loop, both over pre-materialised tensors (the trainer's own
 overhead); (2) an epoch through the real data path (decode-once store, default albumentations augmentation,
 DataLoader) vs the same number of images as pre-materialised tensors; (3) embedding extraction
-(``covers.embed.embed_images``) vs a bare ``forward_features``/``forward_head`` pass.
+(``covers.models.embed.embed_images``) vs a bare ``forward_features``/``forward_head`` pass.
 
 With ``--device cuda`` both sides use covers' CUDA runtime (AMP, channels_last, cudnn benchmark), the
 pre-materialised tensors already sit on the GPU and the loaders pin memory; ``--workers`` picks the DataLoader
@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from benchmarks._timing import best_of, machine, model_parser, report
-from covers.augment import create_train_transform
 from covers.data.loaders import create_loader
-from covers.embed import embed_batch, embed_images, normalized_batches
-from covers.models import create_model
-from covers.train import Runtime, create_runtime, to_device, train_one_epoch
+from covers.data.transforms import create_train_transform
+from covers.models.create import create_model
+from covers.models.embed import embed_batch, embed_images, normalized_batches
+from covers.training.loop import Runtime, create_runtime, to_device, train_one_epoch
 
 
 def _batches(n_batches: int, batch: int, size: int, classes: int, seed: int = 0):

@@ -15,12 +15,14 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
-from covers.inputs import InputItem, iter_inputs, read_cover
+from covers.serving.inputs import InputItem, iter_inputs, read_cover
 
 DEFAULT_MODEL = "models:/covers-genre@champion"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHUNK = 256
-CHUNK_BYTES = 256 * 2**20  # encoded bytes held at once (each member is within ingest's limits, see covers.inputs)
+CHUNK_BYTES = (
+    256 * 2**20
+)  # encoded bytes held at once (each member is within ingest's limits, see covers.serving.inputs)
 
 
 def positive_int(text: str) -> int:
@@ -84,8 +86,8 @@ def load_model(uri: str, tracking_uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
-    from covers.serving import quiet_any_hint
-    from covers.track import check_sqlite_store, resolve_sqlite_uri
+    from covers.serving.cover_model import quiet_any_hint
+    from covers.tracking.runs import check_sqlite_store, resolve_sqlite_uri
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(f"no MLflow store at {tracking_uri} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from covers.lr_find import run_lr_find
+    from covers.training.lr_finder import run_lr_find
 
     for name, lr in run_lr_find(cfg).items():
         print(f"{name:>9}: {lr:.3g}")

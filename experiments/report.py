@@ -7,11 +7,11 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    from covers.report import report
+    from covers.reporting.curves import report
 
     t = cfg.tracking
     if cfg.sweeps:
-        from covers.results import write_results
+        from covers.reporting.results_doc import write_results
 
         print(write_results(t.uri, t.experiment, list(cfg.sweeps), cfg.out))
         return

@@ -10,8 +10,8 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from covers.task import train
-    from covers.track import resolve_sqlite_uri
+    from covers.run.finetune import train
+    from covers.tracking.runs import resolve_sqlite_uri
 
     out = train(cfg)
     if cfg.trial.number is None:  # a single run ends saying what it reached and where to look

@@ -286,7 +286,7 @@ def test_default_training_split_agrees_with_the_audit(real_audit, album_covers, 
 
 
 def test_training_uses_the_audit_manifest(real_audit, album_covers, make_cfg):
-    from covers.task import train
+    from covers.run.finetune import train
 
     _, out = real_audit
     cfg = make_cfg(

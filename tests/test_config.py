@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from covers.losses import resolve_class_weights
+from covers.training.losses import resolve_class_weights
 from tests.conftest import CONF, ROOT
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"}
@@ -116,7 +116,7 @@ def test_importing_covers_does_not_reach_the_network():
         "def refuse(*a, **k): raise SystemExit('network access at import')\n"
         "socket.create_connection = refuse\n"
         "socket.socket.connect = refuse\n"
-        "import covers.augment, covers.task\n"
+        "import covers.data.transforms, covers.run.finetune\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -14,12 +14,12 @@ from albumentations.pytorch import ToTensorV2
 from hydra.errors import CompactHydraException
 from PIL import Image
 
-from covers.augment import create_eval_transform, create_train_transform
 from covers.data import DataSourceError, build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.demo import GENRES, ensure_demo
 from covers.data.loaders import create_loader
-from covers.task import intra_op_threads, loader_workers
-from covers.train import Runtime
+from covers.data.transforms import create_eval_transform, create_train_transform
+from covers.run.finetune import intra_op_threads, loader_workers
+from covers.training.loop import Runtime
 
 
 def test_album_covers_ingest(album_covers):

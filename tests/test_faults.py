@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from covers.sweep.budget import RETRY_OF, counted
 from covers.sweep.storage import create_storage
-from covers.track import sqlite_init_lock
+from covers.tracking.runs import sqlite_init_lock
 from tests.conftest import ROOT, sweep_cmd
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ from PIL import Image
 from covers.__main__ import chunks, main
 from covers.data import IngestLimits, build_manifest, prepare_data, read_manifest, scan_source, write_manifest
 from covers.data.split import assign_splits
-from covers.inputs import InputItem, iter_inputs, read_cover
-from covers.serving import read_image
-from covers.track import StoreError, setup_tracking
+from covers.serving.cover_model import read_image
+from covers.serving.inputs import InputItem, iter_inputs, read_cover
+from covers.tracking.runs import StoreError, setup_tracking
 
 
 def _png(seed: int, size: int = 40) -> bytes:

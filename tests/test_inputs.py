@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 
-from covers.inputs import iter_inputs, read_cover
+from covers.serving.inputs import iter_inputs, read_cover
 
 
 def test_files_folders_and_zips(tmp_path):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from covers import knn
-from covers.embed import create_backbone, normalized_batches
-from covers.serving import PIXELS_COLUMN, CoverModel
-from covers.task import train
-from covers.train import create_runtime
+from covers.knn import faiss_index
+from covers.models.embed import create_backbone, normalized_batches
+from covers.run.finetune import train
+from covers.serving.cover_model import PIXELS_COLUMN, CoverModel
+from covers.training.loop import create_runtime
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -25,32 +25,32 @@ def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def test_flat_index_is_exact_cosine():
     x = _vectors(500, 16)
-    index = knn.build_index(x, "flat")
-    sims, ids = knn.search(index, x[:50] * 3.0, k=3)  # scale does not matter: cosine
+    index = faiss_index.build_index(x, "flat")
+    sims, ids = faiss_index.search(index, x[:50] * 3.0, k=3)  # scale does not matter: cosine
     assert (ids[:, 0] == np.arange(50)).all() and np.allclose(sims[:, 0], 1.0, atol=1e-5)
     normed = x / np.linalg.norm(x, axis=1, keepdims=True)
     expected = np.sort(normed[:50] @ normed.T, axis=1)[:, ::-1][:, :3]
     assert np.allclose(sims, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", knn.INDEX_KINDS)
+@pytest.mark.parametrize("kind", faiss_index.INDEX_KINDS)
 def test_index_builds_for_100k_vectors(kind):
     x = _vectors(100_000, 32, seed=1)
     start = time.perf_counter()
-    index = knn.build_index(x, kind)
+    index = faiss_index.build_index(x, kind)
     built = time.perf_counter() - start
     assert index.ntotal == 100_000 and built < 120, built
     queries = np.arange(0, 100_000, 997)
-    _, ids = knn.search(index, x[queries], k=1)
+    _, ids = faiss_index.search(index, x[queries], k=1)
     recall = float((ids[:, 0] == queries).mean())
     assert recall >= (1.0 if kind == "flat" else 0.9), (kind, recall)
 
 
 def test_build_index_rejects_unknown_kind_and_empty_input():
     with pytest.raises(ValueError, match="index kind"):
-        knn.build_index(_vectors(10, 4), "annoy")
+        faiss_index.build_index(_vectors(10, 4), "annoy")
     with pytest.raises(ValueError, match="zero vectors"):
-        knn.build_index(np.zeros((0, 4), np.float32))
+        faiss_index.build_index(np.zeros((0, 4), np.float32))
 
 
 # neighbours (similarity, label) of one query; label -1 = no neighbour
@@ -65,21 +65,23 @@ VOTES = [
 
 @pytest.mark.parametrize(("weighting", "sims", "labels", "expected"), VOTES)
 def test_vote(weighting, sims, labels, expected):
-    probs = knn.vote(np.array([sims]), np.array([labels]), 2, weighting)
+    probs = faiss_index.vote(np.array([sims]), np.array([labels]), 2, weighting)
     assert np.allclose(probs[0], expected, atol=1e-9)
 
 
 def test_softmax_vote_lets_the_closest_neighbour_win():
     sims, labels = np.array([[0.95, 0.6, 0.6]]), np.array([[1, 0, 0]])
-    assert knn.vote(sims, labels, 2, "uniform").argmax() == 0
-    assert knn.vote(sims, labels, 2, "softmax", temperature=0.1).argmax() == 1
+    assert faiss_index.vote(sims, labels, 2, "uniform").argmax() == 0
+    assert faiss_index.vote(sims, labels, 2, "softmax", temperature=0.1).argmax() == 1
     with pytest.raises(ValueError, match="weighting"):
-        knn.vote(sims, labels, 2, "majority")
+        faiss_index.vote(sims, labels, 2, "majority")
 
 
 def test_classify_with_k_above_gallery_size():
     x = _vectors(4, 8)
-    probs = knn.classify(knn.build_index(x), np.array([0, 1, 1, 1]), x[:1], 2, k=50, weighting="uniform")
+    probs = faiss_index.classify(
+        faiss_index.build_index(x), np.array([0, 1, 1, 1]), x[:1], 2, k=50, weighting="uniform"
+    )
     assert np.allclose(probs, [[0.25, 0.75]])
 
 

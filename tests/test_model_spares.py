@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from covers import model_spares
-from covers.freeze import freeze_groups
-from covers.models import create_model
-from covers.train import create_runtime
+from covers.models.create import create_model
+from covers.models.freeze import freeze_groups
+from covers.training.loop import create_runtime
 
 LITE0 = "tf_efficientnet_lite0"
 

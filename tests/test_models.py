@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from covers.embed import normalized_batches
-from covers.freeze import freeze_groups, layer_groups
-from covers.losses import FocalLoss, create_cross_entropy
-from covers.models import WeightsUnavailableError, create_model, map_state_dict_in_order, package_weights_path
-from covers.train import create_runtime
+from covers.models.create import WeightsUnavailableError, create_model, map_state_dict_in_order, package_weights_path
+from covers.models.embed import normalized_batches
+from covers.models.freeze import freeze_groups, layer_groups
+from covers.training.loop import create_runtime
+from covers.training.losses import FocalLoss, create_cross_entropy
 
 # ImageNet classes for trucks and vans
 TRUCKS = {555, 569, 654, 656, 675, 717, 734, 864, 867}

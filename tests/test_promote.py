@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from covers.__main__ import main
-from covers.augment import create_eval_transform
 from covers.data import prepare_data
 from covers.data.loaders import create_loader
-from covers.models import create_model
-from covers.promote import champion_accuracy, promote
-from covers.registry import Candidate, decide, rank_candidates
-from covers.serving import read_image
-from covers.train import create_runtime, predict
+from covers.data.transforms import create_eval_transform
+from covers.models.create import create_model
+from covers.serving.cover_model import read_image
+from covers.serving.promote import champion_accuracy, promote
+from covers.tracking.registry import Candidate, decide, rank_candidates
+from covers.training.loop import create_runtime, predict
 from tests.conftest import ROOT
 from tests.test_sweep import run_sweep
 

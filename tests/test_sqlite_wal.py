@@ -6,8 +6,8 @@ import sqlite3
 
 import sqlalchemy
 
-from covers.sqlite_wal import use_wal
-from covers.track import setup_tracking
+from covers.tracking.runs import setup_tracking
+from covers.tracking.sqlite import use_wal
 
 
 def _modes(url: str) -> tuple[str, int]:

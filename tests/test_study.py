@@ -19,13 +19,13 @@ from omegaconf import OmegaConf
 from covers.data.loaders import create_loader
 from covers.data.split import content_hash, read_manifest
 from covers.data.subsample import fraction_mask, imbalance_mask, long_tail_counts, train_counts
-from covers.losses import balanced_class_weights
-from covers.lr_find import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
-from covers.report import curve_name, curve_points, plot_curve
-from covers.results import write_results
+from covers.reporting.curves import curve_name, curve_points, plot_curve
+from covers.reporting.results_doc import write_results
+from covers.run.finetune import build_training, load_data, train
 from covers.sweep.search_space import grid_choices, parse_params
-from covers.task import build_training, load_data, train
-from covers.train import create_runtime
+from covers.training.loop import create_runtime
+from covers.training.losses import balanced_class_weights
+from covers.training.lr_finder import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
 from tests.conftest import CONF, ROOT, run_sweep
 
 TINY = ("data.image_size=32", "data.demo.per_class=20", "trainer.epochs=1")

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from covers.results import write_results
+from covers.reporting.results_doc import write_results
 from covers.sweep.search_space import SearchSpaceError, parse_params
 from tests.conftest import ROOT, run_sweep
 
@@ -26,7 +26,7 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
         "trainer.epochs=range(1,2)",
     )
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    for db in ("optuna.db", "mlflow.db"):  # both stores in WAL mode (covers.sqlite_wal)
+    for db in ("optuna.db", "mlflow.db"):  # both stores in WAL mode (covers.tracking.sqlite)
         assert sqlite3.connect(tmp_path / "mlruns" / db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     study = optuna.load_study(study_name="t3", storage=storage)
     trials = study.get_trials()

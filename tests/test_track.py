@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from covers.track import setup_tracking, start_run
+from covers.tracking.runs import setup_tracking, start_run
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 import timm
 import torch
 
-from covers.task import run_name, train
-from covers.train import NonFiniteLossError, create_runtime, to_device, train_one_epoch
+from covers.run.finetune import run_name, train
+from covers.training.loop import NonFiniteLossError, create_runtime, to_device, train_one_epoch
 
 
 def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
@@ -95,7 +95,7 @@ def test_seed_everything_gives_timms_random_streams():
 
     import numpy as np
 
-    from covers.train import seed_everything
+    from covers.training.loop import seed_everything
 
     def draws():
         return random.random(), np.random.rand(), torch.rand(3).tolist(), torch.randint(0, 100, (2,)).tolist()

@@ -1,6 +1,5 @@
 """Data: genre archives → scan → cleaning (duplicates) → split manifest → decode-once store → loaders."""
 
-from covers.data._members import IngestLimits
 from covers.data.archives import (
     Cover,
     DataSourceError,
@@ -12,6 +11,7 @@ from covers.data.archives import (
 )
 from covers.data.clean import CleanResult, clean_scan, clean_source
 from covers.data.dedup import DuplicateRules, find_duplicates, fingerprint
+from covers.data.members import IngestLimits
 from covers.data.prepare import DataBundle, prepare_data
 from covers.data.split import build_manifest, count_leakage, read_manifest, write_manifest
 

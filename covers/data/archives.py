@@ -17,7 +17,7 @@ from hydra.errors import CompactHydraException
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from covers.data._members import IngestLimits, read_members
+from covers.data.members import IngestLimits, read_members
 
 log = logging.getLogger(__name__)
 

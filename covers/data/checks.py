@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from covers.data._members import IngestLimits, is_unsafe, read_members
 from covers.data.archives import Rejection, check_member, iter_entries
+from covers.data.members import IngestLimits, is_unsafe, read_members
 
 
 def check_manifest(source: Path, manifest: pd.DataFrame, limits: IngestLimits) -> tuple[pd.DataFrame, list[Rejection]]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from covers.data._members import IngestLimits
 from covers.data.archives import Cover, Measure, Rejection, ScanResult, scan_source
 from covers.data.dedup import DuplicateRules, Duplicates, find_duplicates, fingerprint
+from covers.data.members import IngestLimits
 from covers.data.split import build_manifest, count_leakage
 
 log = logging.getLogger(__name__)

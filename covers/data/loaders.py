@@ -14,7 +14,7 @@ SAMPLERS = ("shuffle", "balanced")
 
 class ArrayDataset(Dataset):
     """Images from an ``(N, H, W, 3)`` uint8 array with integer labels, through an albumentations transform that
-    returns uint8 tensors (:mod:`covers.augment`; the loader normalises whole batches on the device)."""
+    returns uint8 tensors (:mod:`covers.data.transforms`; the loader normalises whole batches on the device)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -29,7 +29,7 @@ class ArrayDataset(Dataset):
             raise TypeError(
                 f"the image transform returned a {got}; the loader takes (3, H, W) uint8 tensors and normalises "
                 "whole batches on the device: end custom augmentation with ToTensorV2 and leave Normalize out "
-                "(covers.augment)"
+                "(covers.data.transforms)"
             )
         return image, int(self.labels[i])
 

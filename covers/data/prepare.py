@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covers.data._members import IngestLimits
 from covers.data.archives import SOURCE_FIX, DataSourceError, check_source_dir, iter_entries, log_rejections
-from covers.data.cache import load_image_store
 from covers.data.checks import check_manifest
 from covers.data.clean import clean_source
 from covers.data.dedup import DuplicateRules
 from covers.data.demo import ensure_demo
+from covers.data.members import IngestLimits
 from covers.data.split import SPLITS, content_hash, read_manifest, write_manifest
+from covers.data.store import load_image_store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
 from covers.sweep import budget
-from covers.track import resolve_sqlite_uri
+from covers.tracking.runs import resolve_sqlite_uri
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from covers.sqlite_wal import use_wal
-from covers.track import check_sqlite_store, resolve_sqlite_uri
+from covers.tracking.runs import check_sqlite_store, resolve_sqlite_uri
+from covers.tracking.sqlite import use_wal
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def create_storage(
     sqlite_wal: bool = True,
 ) -> BaseStorage | None:
     """``sqlite:///…``, ``postgresql://…`` (RDB, with heartbeats for crash recovery) or ``journal:///file.log``.
-    A SQLite file is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.sqlite_wal`)."""
+    A SQLite file is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.tracking.sqlite`)."""
     url = normalise_storage_url(url)
     if url is None:
         return None

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from covers.sweep.budget import counted
 from covers.sweep.search_space import describe
-from covers.track import setup_tracking
+from covers.tracking.runs import setup_tracking
 
 log = logging.getLogger(__name__)
 

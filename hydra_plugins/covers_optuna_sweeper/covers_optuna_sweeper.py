@@ -1,4 +1,4 @@
-"""Hydra discovers sweepers only under ``hydra_plugins``: this thin class delegates to ``covers.sweep._impl``.
+"""Hydra discovers sweepers only under ``hydra_plugins``: this thin class delegates to ``covers.sweep.sweeper``.
 
 Hydra imports this module at every start-up, so it imports nothing heavy (Optuna, MLflow) at module level."""
 
@@ -15,7 +15,7 @@ class CoversOptunaSweeper(Sweeper):
     """Optuna sweeper with the official plugin's ``params:`` syntax; see ``conf/hydra/sweeper/covers_optuna.yaml``."""
 
     def __init__(self, **settings: Any) -> None:
-        from covers.sweep._impl import OptunaSweeperImpl
+        from covers.sweep.sweeper import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(**settings)
 

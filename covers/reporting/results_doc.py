@@ -11,9 +11,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from covers import registry
-from covers.report import REPEAT_KEYS, report_sweep, runs_frame, swept_keys, trial_runs
-from covers.track import setup_tracking
+from covers.reporting.curves import REPEAT_KEYS, report_sweep, runs_frame, swept_keys, trial_runs
+from covers.tracking import registry
+from covers.tracking.runs import setup_tracking
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from covers import registry, track
-from covers.track import setup_tracking
+from covers.tracking import registry
+from covers.tracking.runs import log_figure, setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def report_sweep(client: MlflowClient, parent: Run, param: str | None = None) ->
     title = f"{parent.data.tags.get('study_name', parent.info.run_name)}: {len(runs)} runs"
     fig = plot_curve(points, x, keys, title)
     run_id = parent.info.run_id
-    track.log_figure(fig, f"report/{name}.png", run_id, client)
+    log_figure(fig, f"report/{name}.png", run_id, client)
     client.log_text(run_id, points.to_csv(index=False), f"report/{name}.csv")
     client.log_text(run_id, frame.to_csv(index=False), "report/runs.csv")
     log.info("logged report/%s.png (%d points from %d runs) to run %s", name, len(points), len(runs), run_id)

@@ -16,16 +16,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from covers import track
 from covers.audit import plots
 from covers.audit.anomalies import AnomalyRules, flag_anomalies
 from covers.audit.eda import FEATURES, colour_summary, describe, feature_table, image_stats
 from covers.audit.report import write_report
 from covers.data import CleanResult, DuplicateRules, IngestLimits, clean_source, write_manifest
-from covers.data.cache import decode_rows
 from covers.data.dedup import closest_pairs
 from covers.data.prepare import resolve_source
 from covers.data.split import SPLITS
+from covers.data.store import decode_rows
+from covers.tracking import runs
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def audit_source(
 
 def log_audit(report: dict[str, Any], out: Path, tracking: DictConfig, experiment: str) -> str:
     """Log the audit as an MLflow run in ``experiment``: settings as params, counts as metrics, ``out`` as artifacts."""
-    track.setup_tracking(tracking.uri, experiment, tracking.artifact_root)
+    runs.setup_tracking(tracking.uri, experiment, tracking.artifact_root)
     reasons = pd.Series([r["reason"] for r in report["rejected"]], dtype=str).value_counts()
     metrics = {
         "members_total": report["members_total"],
@@ -208,8 +208,8 @@ def log_audit(report: dict[str, Any], out: Path, tracking: DictConfig, experimen
         "leakage": report["leakage"],
         **{f"rejected_{k}": int(v) for k, v in reasons.items()},
     }
-    with track.start_run(f"audit {Path(report['source']).name}", tags={"covers.kind": "audit"}) as run:
-        track.log_params({"source": report["source"], **track.flatten(report["settings"])})
+    with runs.start_run(f"audit {Path(report['source']).name}", tags={"covers.kind": "audit"}) as run:
+        runs.log_params({"source": report["source"], **runs.flatten(report["settings"])})
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out))
         return run.info.run_id
@@ -236,7 +236,7 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
     if a.log_mlflow:
         log.info("logging the audit to the MLflow experiment %s", a.experiment)
         report["mlflow_run_id"] = log_audit(report, out, cfg.tracking, a.experiment)
-        uri = shlex.quote(track.resolve_sqlite_uri(cfg.tracking.uri))
+        uri = shlex.quote(runs.resolve_sqlite_uri(cfg.tracking.uri))
         where.append(f"MLflow run {report['mlflow_run_id']} (experiment {a.experiment})")
         where.append(f"open it with: mlflow ui --backend-store-uri {uri}")
     if report["leakage"]:

@@ -29,7 +29,7 @@ from covers.sweep.sampler import create_sampler, sampler_name
 from covers.sweep.search_space import SearchSpaceError, describe_space, format_override, parse_params
 from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
 from covers.sweep.storage import normalise_storage_url, open_storage, optuna_experimental_quiet
-from covers.track import flatten, resolve_sqlite_uri, sqlite_init_lock
+from covers.tracking.runs import flatten, resolve_sqlite_uri, sqlite_init_lock
 
 log = logging.getLogger(__name__)
 

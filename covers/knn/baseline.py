@@ -18,13 +18,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import balanced_accuracy_score, log_loss
 
-from covers import knn, track
 from covers.data import DataBundle
-from covers.embed import create_backbone
-from covers.plots import plot_confusion_matrix
-from covers.serving import GALLERY_COLUMNS, CoverModel
-from covers.sweep.link import reporter_for
-from covers.train import create_runtime, seed_everything, set_threads
+from covers.knn import faiss_index
+from covers.models.embed import create_backbone
+from covers.reporting.figures import plot_confusion_matrix
+from covers.serving.cover_model import GALLERY_COLUMNS, CoverModel
+from covers.sweep.trial_reporter import reporter_for
+from covers.tracking import runs
+from covers.training.loop import create_runtime, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def create_knn_model(
     batch_size: int = 64,
 ) -> CoverModel:
     """A kNN :class:`CoverModel` over a pretrained backbone; its gallery is added with ``set_gallery``."""
-    if kind != "knn" or int(k) < 1 or weighting not in knn.WEIGHTINGS or index not in knn.INDEX_KINDS:
+    if kind != "knn" or int(k) < 1 or weighting not in faiss_index.WEIGHTINGS or index not in faiss_index.INDEX_KINDS:
         raise ValueError(
-            f"kNN model needs kind=knn, k>=1, weighting in {knn.WEIGHTINGS}, index in {knn.INDEX_KINDS}; "
+            f"kNN model needs kind=knn, k>=1, weighting in {faiss_index.WEIGHTINGS}, "
+            f"index in {faiss_index.INDEX_KINDS}; "
             f"got kind={kind!r} k={k!r} weighting={weighting!r} index={index!r}"
         )
     log.info("instantiating kNN model on %s (weights=%s, k=%d, %s votes)", name, weights, k, weighting)
@@ -116,7 +118,7 @@ def evaluate_knn(model: CoverModel, queries: np.ndarray, labels: np.ndarray) -> 
 
 def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Evaluate the kNN baseline on the validation split and track it like a training run."""
-    from covers.task import intra_op_threads, load_data, log_run_record, tracked_run
+    from covers.run.finetune import intra_op_threads, load_data, log_run_record, tracked_run
 
     seed_everything(cfg.seed)
     set_threads(intra_op_threads(cfg.trainer.threads))
@@ -142,12 +144,12 @@ def train_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         log_run_record(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _UNUSED_GROUPS]), bundle, inp)
         metrics, pred = evaluate_knn(model, vectors[split == "val"], val_labels)
         log.info("kNN %s", " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        track.epoch_logger(reporter, on_epoch_end)(1, metrics)
+        runs.epoch_logger(reporter, on_epoch_end)(1, metrics)
         mlflow.log_metrics(
             {"summary/best_val_acc": metrics["val_acc"], "summary/best_epoch": 1, "summary/epochs_completed": 1}
         )
         fig = plot_confusion_matrix(val_labels, pred, bundle.classes, f"validation, {knn_run_name(cfg)}")
-        track.log_figure(fig, "plots/val_confusion_matrix.png")
+        runs.log_figure(fig, "plots/val_confusion_matrix.png")
         if cfg.tracking.log_model:  # the backbone is pretrained: its spec is enough, promotion saves weights
             meta = {
                 **model.meta,

@@ -1,6 +1,6 @@
 """Covers named on a command line: image files, folders (recursively) and genre zips, as named bytes.
 
-Zip members are read by ingest's reader (:mod:`covers.data._members`) within its limits: a member with an unsafe
+Zip members are read by ingest's reader (:mod:`covers.data.members`) within its limits: a member with an unsafe
 path, a zip bomb, an archive over its declared-size limit… comes out with ingest's reason and is never read."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from covers.data._members import IngestLimits, Read, is_junk, read_zip
 from covers.data.archives import IMAGE_SUFFIXES
+from covers.data.members import IngestLimits, Read, is_junk, read_zip
 
 
 @dataclass(frozen=True)

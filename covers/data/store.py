@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from covers.data._members import IngestLimits, read_members
 from covers.data.archives import decode_rgb, fit_square
+from covers.data.members import IngestLimits, read_members
 from covers.data.split import content_hash
 
 log = logging.getLogger(__name__)

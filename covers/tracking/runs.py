@@ -21,7 +21,7 @@ from mlflow.entities import RunStatus
 from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from covers.sqlite_wal import use_wal
+from covers.tracking.sqlite import use_wal
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def sqlite_init_lock(uri: str | None) -> Iterator[None]:
 
 def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, sqlite_wal: bool = True) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new).
-    A SQLite store is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.sqlite_wal`)."""
+    A SQLite store is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.tracking.sqlite`)."""
     uri = resolve_sqlite_uri(uri)
     if sqlite_wal:
         use_wal(uri)

@@ -26,12 +26,12 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from PIL import Image
 
 import covers
-from covers import registry, track
-from covers.baseline import split_rows
 from covers.data import DataBundle, prepare_data
-from covers.evaluate import classification_metrics
-from covers.plots import plot_confusion_matrix
-from covers.serving import CoverModel, quiet_any_hint
+from covers.knn.baseline import split_rows
+from covers.reporting.figures import plot_confusion_matrix
+from covers.serving.cover_model import CoverModel, quiet_any_hint
+from covers.tracking import registry, runs
+from covers.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def evaluate_on_test(client: MlflowClient, run_id: str, model: CoverModel, bundl
     client.log_text(run_id, per_class.to_csv(index=False), "test/per_class.csv")
     client.log_text(run_id, table.to_csv(index=False), "test/predictions.csv")
     fig = plot_confusion_matrix(target, pred, model.classes, f"test split ({len(table)} covers)")
-    track.log_figure(fig, "plots/test_confusion_matrix.png", run_id, client)
+    runs.log_figure(fig, "plots/test_confusion_matrix.png", run_id, client)
     client.set_tag(run_id, "test.manifest_hash", bundle.manifest_hash)
     log.info("test split of manifest %s (%d covers):\n%s", bundle.manifest_hash, len(table), report)
     return metrics["test_acc"]
@@ -121,7 +121,7 @@ def register(model: CoverModel, run: Run, name: str, description: str, example: 
             with quiet_any_hint():
                 info = mlflow.pyfunc.log_model(
                     name=name,
-                    python_model=str(Path(covers.__file__).parent / "_pyfunc_model.py"),
+                    python_model=str(Path(covers.__file__).parent / "serving" / "pyfunc_model.py"),
                     artifacts={"model": str(folder)},
                     code_paths=[str(code)],
                     input_example=[example],
@@ -278,7 +278,7 @@ def promote(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Select a run (``run_id``, else a sweep's best trial), test once, register, decide the alias; the record."""
-    mlflow.set_tracking_uri(track.resolve_sqlite_uri(tracking_uri))
+    mlflow.set_tracking_uri(runs.resolve_sqlite_uri(tracking_uri))
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

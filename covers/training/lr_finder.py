@@ -17,8 +17,8 @@ import numpy as np
 from torch import nn
 from torch.optim import Optimizer
 
-from covers import track
-from covers.train import Batches, Runtime, to_device
+from covers.tracking import runs
+from covers.training.loop import Batches, Runtime, to_device
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def log_lr_find(result: LRFindResult, suggestion: str = "valley") -> float:
     mlflow.set_tag("lr_found", f"{lr:.3g} ({suggestion})")
     curve = pd.DataFrame({"lr": result.lrs, "loss": result.losses, "smoothed": result.smoothed})
     mlflow.log_text(curve.to_csv(index=False), "lr_find/curve.csv")
-    track.log_figure(plot_lr_find(result, f"lr finder: {suggestion} {lr:.2e}"), "plots/lr_find.png")
+    runs.log_figure(plot_lr_find(result, f"lr finder: {suggestion} {lr:.2e}"), "plots/lr_find.png")
     log.info("lr finder chose %s lr %.3g", suggestion, lr)
     return lr
 
@@ -179,8 +179,8 @@ def run_lr_find(cfg) -> dict[str, float]:
     run (tag ``covers.kind=lr_find``); returns the suggestions."""
     from hydra.utils import instantiate
 
-    from covers.task import build_training, load_data, log_run_record, tracked_run
-    from covers.train import runtime_from_config, seed_everything
+    from covers.run.finetune import build_training, load_data, log_run_record, tracked_run
+    from covers.training.loop import runtime_from_config, seed_everything
 
     seed_everything(cfg.seed)
     with tracked_run(cfg, f"lr-find {cfg.model.name}", **{"covers.kind": "lr_find"}):

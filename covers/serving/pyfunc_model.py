@@ -7,7 +7,7 @@ from typing import Any
 import mlflow
 from mlflow.models import set_model
 
-from covers.serving import CoverModel
+from covers.serving.cover_model import CoverModel
 
 
 class CoversPyfunc(mlflow.pyfunc.PythonModel):

@@ -23,17 +23,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from covers import model_spares, track
-from covers.augment import create_eval_transform
+from covers import model_spares
 from covers.data import DataBundle, prepare_data
 from covers.data.loaders import create_loader
 from covers.data.subsample import reshape_train
-from covers.evaluate import classification_metrics
-from covers.losses import resolve_class_weights
-from covers.optim import create_scheduler
-from covers.plots import plot_confusion_matrix, plot_learning_curves
-from covers.sweep.link import TrialReporter, reporter_for
-from covers.train import FitResult, Runtime, fit, runtime_from_config, seed_everything, set_threads
+from covers.data.transforms import create_eval_transform
+from covers.reporting.figures import plot_confusion_matrix, plot_learning_curves
+from covers.sweep.trial_reporter import TrialReporter, reporter_for
+from covers.tracking import runs
+from covers.training.loop import FitResult, Runtime, fit, runtime_from_config, seed_everything, set_threads
+from covers.training.losses import resolve_class_weights
+from covers.training.metrics import classification_metrics
+from covers.training.optim import create_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def load_data(cfg: DictConfig) -> tuple[DataBundle, dict[str, Any]]:
 def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> None:
     """Params (flattened resolved config + data facts) and the resolved config/overrides as artifacts."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = {k: v for k, v in track.flatten(resolved).items() if not k.startswith(_NOT_PARAMS)}
+    params = {k: v for k, v in runs.flatten(resolved).items() if not k.startswith(_NOT_PARAMS)}
     counts = bundle.counts()
     params.update(
         {
@@ -128,7 +129,7 @@ def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> 
     )
     if HydraConfig.initialized():  # the chosen option of every config group (``loss=focal``), for reports
         params.update({f"choice.{k}": v for k, v in HydraConfig.get().runtime.choices.items() if "/" not in k})
-    track.log_params(params)
+    runs.log_params(params)
     text = yaml.dump(resolved, Dumper=_YAML_DUMPER, sort_keys=False, allow_unicode=True)
     files: dict[str, str | Path] = {"config/config.yaml": text}
     output_dir = Path(cfg.paths.output_dir)
@@ -136,7 +137,7 @@ def log_run_record(cfg: DictConfig, bundle: DataBundle, inp: dict[str, Any]) -> 
         if (output_dir / ".hydra" / name).exists():
             files[f"config/{name}"] = output_dir / ".hydra" / name
     files[f"data/{bundle.manifest_path.name}"] = bundle.manifest_path
-    track.log_files(files)  # one upload
+    runs.log_files(files)  # one upload
 
 
 def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dict, with_model: bool = True) -> None:
@@ -150,7 +151,7 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
     )
     if result.history:
         mlflow.log_metric("summary/train_acc_at_best", result.history[result.best_epoch]["train_acc"])
-    track.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
+    runs.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
     if result.best_val_pred is not None:  # balanced accuracy, macro F1 and per-class recall at the best epoch
         metrics, _, _ = classification_metrics(
             result.val_target, result.best_val_pred, bundle.classes, "summary/best_val_"
@@ -159,7 +160,7 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
         title = f"validation, best epoch {result.best_epoch + 1}"
         fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
-        track.log_figure(fig, "plots/val_confusion_matrix.png")
+        runs.log_figure(fig, "plots/val_confusion_matrix.png")
     if with_model and cfg.tracking.log_model and result.best_state is not None:
         meta = {
             "model_name": cfg.model.name,
@@ -171,7 +172,7 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
             "manifest_hash": bundle.manifest_hash,
             "manifest_file": f"data/{bundle.manifest_path.name}",
         }
-        with track.artifact_dir("model") as tmp:
+        with runs.artifact_dir("model") as tmp:
             torch.save(result.best_state, tmp / "state_dict.pt")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -180,11 +181,11 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, inp: dic
 def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = None, **tags: Any) -> Iterator[Any]:
     """The MLflow run of one training/evaluation: tagged as trial or single run, linked to the Optuna trial."""
     t = cfg.tracking
-    track.setup_tracking(t.uri, t.experiment, t.artifact_root, t.get("sqlite_wal", True))
+    runs.setup_tracking(t.uri, t.experiment, t.artifact_root, t.get("sqlite_wal", True))
     tags = {"covers.kind": "single", "model": cfg.model.name, "data": cfg.data.name, **tags}
     if cfg.trial.number is not None:
         tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
-    with track.start_run(name, cfg.trial.parent_run_id, tags, ended_early=(optuna.TrialPruned,)) as run:
+    with runs.start_run(name, cfg.trial.parent_run_id, tags, ended_early=(optuna.TrialPruned,)) as run:
         if reporter is not None:
             reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
         yield run
@@ -205,7 +206,7 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
 
     The MLflow run opens first, so any failure (data, model, training) ends it FAILED with its traceback."""
     if cfg.model.get("kind") == "knn":  # the kNN baseline: nothing to train, tracked the same way
-        from covers.baseline import train_knn
+        from covers.knn.baseline import train_knn
 
         return train_knn(cfg, on_epoch_end)
     seed_everything(cfg.seed)
@@ -261,7 +262,7 @@ def resolve_lr(cfg: DictConfig, parts: Training, rt: Runtime) -> float:
     """``optim.lr``, or with ``optim.lr=auto`` the lr finder's suggestion (logged as param ``optim.lr_found``)."""
     if cfg.optim.lr != "auto":
         return float(cfg.optim.lr)
-    from covers.lr_find import find_lr, log_lr_find
+    from covers.training.lr_finder import find_lr, log_lr_find
 
     make_optimizer = instantiate(cfg.optim.optimizer)
     result = find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, rt, cfg.lr_find)
@@ -292,7 +293,7 @@ def _train_tracked(cfg: DictConfig, callbacks: list) -> FitResult:
             scheduler,
             cfg.trainer.epochs,
             rt,
-            on_epoch_end=track.epoch_logger(*callbacks),
+            on_epoch_end=runs.epoch_logger(*callbacks),
             result=result,
         )
     except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)

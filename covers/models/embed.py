@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from covers.models import create_model
-from covers.train import Runtime, create_runtime
+from covers.models.create import create_model
+from covers.training.loop import Runtime, create_runtime
 
 
 def create_backbone(name: str, weights: str = "package", checkpoint: str | None = None) -> nn.Module:

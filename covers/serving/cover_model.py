@@ -1,7 +1,7 @@
 """A promoted model as one object: network, preprocessing, class names and the similar-cover gallery.
 
 On disk it is a folder (``meta.json``, ``state_dict.pt``, optional ``gallery.faiss`` + ``gallery.csv``) that the
-MLflow pyfunc (``covers/_pyfunc_model.py``, logged as "models from code") loads without unpickling anything."""
+MLflow pyfunc (``covers/serving/pyfunc_model.py``, logged as "models from code") loads without unpickling anything."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from covers import knn
-from covers.data._members import IngestLimits
 from covers.data.archives import decode_rgb, fit_square, to_rgb
-from covers.embed import create_backbone, embed_images, map_batches
-from covers.train import Runtime, create_runtime
+from covers.data.members import IngestLimits
+from covers.knn import faiss_index
+from covers.models.embed import create_backbone, embed_images, map_batches
+from covers.training.loop import Runtime, create_runtime
 
 if TYPE_CHECKING:
     import faiss
@@ -142,7 +142,7 @@ class CoverModel:
             raise FileNotFoundError(f"{path} has no state_dict.pt")
         model = cls(net, meta, rt=create_runtime(device, "fp32"), batch_size=batch_size)
         if (path / "gallery.faiss").exists():
-            model.gallery = knn.load_index(path / "gallery.faiss")
+            model.gallery = faiss_index.load_index(path / "gallery.faiss")
             model.gallery_table = pd.read_csv(path / "gallery.csv", dtype=str, keep_default_na=False)
         return model
 
@@ -153,7 +153,7 @@ class CoverModel:
         (path / "meta.json").write_text(json.dumps(self.meta, indent=2))
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, path / "state_dict.pt")
         if self.gallery is not None:
-            knn.save_index(self.gallery, path / "gallery.faiss")
+            faiss_index.save_index(self.gallery, path / "gallery.faiss")
             columns = [c for c in (*GALLERY_COLUMNS, PIXELS_COLUMN) if c in self.gallery_table]
             self.gallery_table[columns].to_csv(path / "gallery.csv", index=False)
         return path
@@ -194,7 +194,7 @@ class CoverModel:
             raise RuntimeError("a kNN model needs its gallery (build it with set_gallery)")
         index_of = {c: i for i, c in enumerate(self.classes)}
         labels = self.gallery_table["genre"].map(index_of).fillna(-1).to_numpy(dtype=np.int64)
-        return knn.classify(self.gallery, labels, embeddings, len(self.classes), **self.meta["knn"])
+        return faiss_index.classify(self.gallery, labels, embeddings, len(self.classes), **self.meta["knn"])
 
     def set_gallery(
         self, images: np.ndarray, table: pd.DataFrame, index: str = "flat", vectors: np.ndarray | None = None
@@ -203,7 +203,7 @@ class CoverModel:
 
         ``vectors``: their embeddings when already computed with this network."""
         vectors = self.embed(images) if vectors is None else vectors
-        self.gallery = knn.build_index(vectors, index)
+        self.gallery = faiss_index.build_index(vectors, index)
         self.gallery_table = table[GALLERY_COLUMNS].reset_index(drop=True)
         self.gallery_table[PIXELS_COLUMN] = pixel_hashes(images)
         self.meta["gallery"] = {"index": index, "size": len(table)}
@@ -223,7 +223,7 @@ class CoverModel:
         if self.gallery is None:
             raise RuntimeError("this model has no gallery of covers (promote it to build one)")
         selves = [np.zeros(0, np.int64)] * len(images) if keep_self else self._same_pixels(images)
-        sims, ids = knn.search(self.gallery, self.embed(images), k + max(map(len, selves), default=0))
+        sims, ids = faiss_index.search(self.gallery, self.embed(images), k + max(map(len, selves), default=0))
         out = []
         for row_sims, row_ids, own in zip(sims, ids, selves, strict=True):
             keep = np.flatnonzero((row_ids >= 0) & ~np.isin(row_ids, own))[:k]

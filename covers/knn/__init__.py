@@ -1,0 +1,1 @@
+"""kNN on pretrained embeddings: faiss search and votes, and the kNN baseline model."""

