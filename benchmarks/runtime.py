@@ -23,7 +23,7 @@ from benchmarks._timing import best_of, machine, model_parser, report
 from benchmarks.trainer import _batches, _sync, covers_train
 from covers.models.create import create_model
 from covers.models.embed import embed_batch
-from covers.training.loop import create_runtime, to_device
+from covers.training.runtime import create_runtime, to_device
 
 VARIANTS = ("default", "contiguous", "fp32", "bf16", "fp16", "one_thread", "compile")
 DEFAULT_VARIANTS = {

@@ -27,7 +27,8 @@ from covers.data.loaders import create_loader
 from covers.data.transforms import create_train_transform
 from covers.models.create import create_model
 from covers.models.embed import embed_batch, embed_images, normalized_batches
-from covers.training.loop import Runtime, create_runtime, to_device, train_one_epoch
+from covers.training.loop import train_one_epoch
+from covers.training.runtime import Runtime, create_runtime, to_device
 
 
 def _batches(n_batches: int, batch: int, size: int, classes: int, seed: int = 0):

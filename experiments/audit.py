@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit_app")
 def main(cfg: DictConfig) -> None:
-    from covers.audit import run_audit
+    from covers.run.audit import run_audit
 
     run_audit(cfg)
 

@@ -34,8 +34,8 @@ if [ "${COVERS_STUDY_SKIP_RUNS:-0}" != 1 ]; then
     hydra.sweeper.study_name=album-search
   run experiments/promote.py promote.study_name=album-search
   run experiments/promote.py promote.study_name=album-seed-best-224   # takes @champion only if not worse on test
-  run experiments/run.py "${A[@]}" model=knn
-  run experiments/run.py "${A[@]}" data.image_size=224 model=knn
+  run experiments/run.py "${A[@]}" experiment=knn
+  run experiments/run.py "${A[@]}" data.image_size=224 experiment=knn
   run experiments/lr_find.py "${A[@]}"
 
   # --- CIFAR-10 covers (5 000 images, 10 classes; a larger, cleaner benchmark of the same pipeline) ---
@@ -49,7 +49,7 @@ if [ "${COVERS_STUDY_SKIP_RUNS:-0}" != 1 ]; then
   run experiments/run.py -m "${C[@]}" hparams_search=imbalance data.imbalance=1 data.train_fraction=0.41 \
     'loss=choice(ce)' 'data.sampler=choice(shuffle)' hydra.sweeper.study_name=cifar-balanced
   run experiments/promote.py promote.study_name=cifar-learning promote.model_name=covers-cifar10
-  run experiments/run.py "${C[@]}" model=knn
+  run experiments/run.py "${C[@]}" experiment=knn
 fi
 
 run experiments/report.py out=docs/results.md \

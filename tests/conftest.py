@@ -57,20 +57,25 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+# what every composed test config gets unless the test overrides it: CPU, no loader workers, tiny images, one epoch
+SMALL = ("trainer.device=cpu", "data.num_workers=0", "data.image_size=32", "trainer.epochs=1")
+SMALL_DEMO = ("data.demo.per_class=20",)  # the demo set (not with data=archives)
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path, cache_dir: Path) -> Callable[..., DictConfig]:
-    """Compose ``conf/config.yaml`` with overrides, shrunk for tests: CPU, tracking and outputs in ``tmp_path``."""
+    """Compose ``conf/config.yaml`` shrunk for tests (:data:`SMALL`, then the test's ``overrides``), with the
+    MLflow/Optuna stores and outputs in ``tmp_path`` and the session's decode cache."""
 
     def _make(*overrides: str) -> DictConfig:
+        demo = () if any(o.startswith("data=") for o in overrides) else SMALL_DEMO
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=[*SMALL, *demo, *overrides])
         with open_dict(cfg):
             cfg.paths.root_dir = str(tmp_path)
             cfg.paths.cache_dir = str(cache_dir)
             cfg.paths.output_dir = str(tmp_path / "output")
-            cfg.trainer.device = "cpu"
-            cfg.data.num_workers = 0
         GlobalHydra.instance().clear()
         return cfg
 

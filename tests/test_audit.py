@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covers.audit import AnomalyRules, audit_source, plots, run_audit
+from covers.audit import AnomalyRules, audit_source, plots
 from covers.audit.eda import FEATURES
 from covers.data import Cover, DuplicateRules, IngestLimits, clean_source, find_duplicates, fingerprint, scan_source
 from covers.data.prepare import resolve_manifest
 from covers.data.split import read_manifest
+from covers.run.audit import run_audit
 
 SPLIT = {"val_fraction": 0.1, "test_fraction": 0.1, "seed": 0}
 

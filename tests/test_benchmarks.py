@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
+
+import pytest
 
 from benchmarks import faiss_index, loader, runtime, sweep, trainer
-from tests.conftest import ROOT
 
 
 def _finite(rows: list[dict]) -> bool:
@@ -37,15 +35,6 @@ def test_runtime_benchmark_smoke():
     assert _finite(result["rows"])
 
 
-def test_startup_benchmark_smoke(tmp_path):
-    out = tmp_path / "startup.json"  # a subprocess: the benchmark runs Hydra's main in its own process
-    subprocess.run([sys.executable, "-m", "benchmarks.startup", "--smoke", "--json", str(out)], cwd=ROOT, check=True)
-    rows = {r["step"]: r for r in json.loads(out.read_text())["rows"]}
-    steps = ["ask", "config composition", "MLflow run", "data bundle", "model copy, freezing, loss, loaders"]
-    assert all(rows[s]["takes_s"] > 0 for s in steps)
-    assert rows["first epoch starts"]["starts_at_s"] > rows["config composition"]["starts_at_s"] > 0
-
-
 def test_faiss_benchmark_smoke():
     result = faiss_index.run(smoke=True)
     rows = {r["index"]: r for r in result["rows"]}
@@ -53,6 +42,7 @@ def test_faiss_benchmark_smoke():
     assert 0.5 < rows["hnsw"]["recall@10"] <= 1.0 and _finite(result["rows"])
 
 
+@pytest.mark.slow
 def test_sweep_benchmark_smoke():
     result = sweep.run(smoke=True)
     full, pruned = result["rows"]

@@ -41,7 +41,11 @@ def test_help_describes_the_app_its_groups_and_an_example(app, description, exam
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert description in out and example in out, out
-    assert "== Config groups ==" in out and "data: archives, demo" in out and "hparams_search: default" in out
+    assert (
+        "== Config groups ==" in out
+        and "data: archives, base, demo" in out
+        and "hparams_search: curve, default," in out
+    )
     assert "--cfg,-c" in out, "Hydra's flags are listed"
     assert "is powered by Hydra" not in out, "not Hydra's generic header"
 
@@ -93,6 +97,15 @@ def test_a_single_run_on_a_missing_folder_says_what_to_pass(tmp_path):
     cmd = ["experiments/run.py", "data=archives", "data.source=/no/such/dir", "trainer.epochs=1", "trainer.device=cpu"]
     proc = _run(*cmd, *_outputs(tmp_path))
     _assert_compact(proc, "data.source=/no/such/dir is not a directory", "<Genre>.zip")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["kind=nope"], "kind='nope'; choose one of finetune, knn, lr_find"), (["model=knn"], "use kind=knn or")],
+)
+def test_a_wrong_run_kind_says_which_kinds_there_are(tmp_path, overrides, message):
+    proc = _run("experiments/run.py", *overrides, "trainer.device=cpu", *_outputs(tmp_path))
+    _assert_compact(proc, message)
 
 
 def _genre_zip(folder: Path, genre: str, n: int, seed: int) -> None:

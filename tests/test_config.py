@@ -22,11 +22,59 @@ def test_all_documented_groups_exist():
         assert GROUPS.get(group), f"conf/{group}/ is missing or empty"
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_group_option_composes(make_cfg, group, option):
-    extra = ["data.source=/tmp"] if (group, option) == ("data", "archives") else []
-    cfg = make_cfg(f"{group}={option}", *extra)
-    assert cfg.model.name and cfg.trainer.epochs > 0
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def _own_values(group: str, option: str) -> dict[str, object]:
+    """The leaf values an option's file sets itself, by their key in the composed config (its package)."""
+    import yaml
+
+    from covers.tracking.runs import flatten
+
+    text = (CONF / group / f"{option}.yaml").read_text()
+    values = yaml.safe_load(text) or {}
+    values.pop("defaults", None)
+    package = "" if "# @package _global_" in text else f"{group}."
+    return {f"{package}{k}": v for k, v in flatten(values).items()}
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts if o != "base"])
+def test_group_option_sets_its_values(group, option):
+    from omegaconf import OmegaConf
+
+    from covers.tracking.runs import flatten
+
+    composed = flatten(OmegaConf.to_container(_compose(f"{group}={option}"), resolve=False))
+    own = _own_values(group, option)
+    if not own:  # an option made of other options only (seed_best_offline): it must still change the config
+        base = flatten(OmegaConf.to_container(_compose(), resolve=False))
+        assert {k: v for k, v in composed.items() if base.get(k) != v}, f"{group}/{option}.yaml changes nothing"
+    for key, value in own.items():  # every value the file sets is the composed one (nothing later overrides it)
+        assert key in composed and composed[key] == value, (key, value, composed.get(key))
+
+
+def test_option_values_that_matter():
+    assert _compose("model=resnet50").model.name == "resnet50"
+    lite0 = _compose().model
+    assert lite0.name == "tf_efficientnet_lite0" and lite0.weights == "package"  # offline ImageNet weights
+    knn = _compose("experiment=knn")
+    assert knn.kind == "knn" and knn.model._target_.endswith("create_knn_model")
+    assert set(knn.hydra.sweeper.params) == {"model.k", "model.weighting"}
+    curve = _compose("hparams_search=gamma_curve")
+    assert curve.loss._target_.endswith("FocalLoss") and curve.hydra.sweeper.sampler._target_.endswith("GridSampler")
+    assert set(curve.hydra.sweeper.params) == {"seed", "loss.gamma"}
+    assert _compose("data=demo").data.image_size == 64 and _compose("data=archives").data.image_size is None
+    assert _compose("data=archives").data.batch_size == _compose("data=demo").data.batch_size  # one base
+    with pytest.raises(Exception, match="name"):  # the shared base is not a data set
+        _compose("data=base").data.name  # noqa: B018
 
 
 @pytest.mark.parametrize("option", GROUPS["loss"])

@@ -18,8 +18,8 @@ from covers.data import DataSourceError, build_manifest, prepare_data, read_mani
 from covers.data.demo import GENRES, ensure_demo
 from covers.data.loaders import create_loader
 from covers.data.transforms import create_eval_transform, create_train_transform
-from covers.run.finetune import intra_op_threads, loader_workers
-from covers.training.loop import Runtime
+from covers.run.context import cpu_threads, loader_workers
+from covers.training.runtime import Runtime
 
 
 def test_album_covers_ingest(album_covers):
@@ -130,21 +130,20 @@ def test_decode_store_is_reused(tmp_path, cache_dir):
     assert second.manifest_path == first.manifest_path
 
 
-def test_bundle_is_built_once_per_process_until_its_files_change(tmp_path):
+def test_decoded_store_kept_in_memory_is_bounded_and_can_be_turned_off(tmp_path, monkeypatch):
+    from covers.data import store
+
+    monkeypatch.setattr(store, "_memory", type(store._memory)())
     src = ensure_demo(tmp_path / "demo", per_class=10, size=48)
     first = prepare_data("demo", 32, tmp_path / "c", source=str(src))
-    assert prepare_data("demo", 32, tmp_path / "c", source=str(src)) is first  # a sweep's next trial
-    assert prepare_data("demo", 48, tmp_path / "c", source=str(src)) is not first  # other settings
-    first.manifest_path.write_text(first.manifest_path.read_text())  # the manifest file rewritten
     again = prepare_data("demo", 32, tmp_path / "c", source=str(src))
-    assert again is not first and again.manifest_hash == first.manifest_hash
-    with zipfile.ZipFile(src / "Rock.zip", "a") as zf:  # the source changed: a new manifest, not the cached one
-        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(noise).save(buf, format="PNG")
-        zf.writestr("Rock/extra.png", buf.getvalue())
-    changed = prepare_data("demo", 32, tmp_path / "c", source=str(src))
-    assert changed is not again and len(changed.manifest) == len(first.manifest) + 1
+    assert again.images is first.images and again is not first  # the array is shared, the bundle rebuilt
+    off = prepare_data("demo", 32, tmp_path / "c", source=str(src), keep_decoded=False)
+    assert off.images is not first.images and np.array_equal(off.images, first.images)  # read from disk
+    for size in (33, 34, 35):
+        prepare_data("demo", size, tmp_path / "c", source=str(src))
+    assert len(store._memory) == store.KEEP_IN_MEMORY  # the oldest are let go
+    assert prepare_data("demo", 32, tmp_path / "c", source=str(src)).images is not first.images
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
@@ -213,7 +212,18 @@ def test_augmentation_is_seeded_and_each_loader_worker_draws_its_own():
     assert not torch.equal(by_worker[:4], by_worker[4:8])
 
 
-def test_loader_workers_default_by_device():
+def test_loader_workers_default_by_device(make_cfg):
     cpu, cuda = Runtime(torch.device("cpu")), Runtime(torch.device("cuda"))
-    assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
-    assert loader_workers(None, cuda) == max(0, min(8, intra_op_threads(None) - 1))  # the trial's cores less one
+    default, three, none = (make_cfg(f"data.num_workers={n}") for n in ("null", 3, 0))
+    assert loader_workers(default, cpu, 4) == 0 and loader_workers(three, cpu, 4) == 3
+    assert loader_workers(none, cuda, 4) == 0
+    assert loader_workers(default, cuda, 4) == 3 and loader_workers(default, cuda, 16) == 8  # threads less one, <= 8
+
+
+def test_cpu_threads_follow_trainer_threads_then_the_sweeps_parallel_trials(make_cfg, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert cpu_threads(make_cfg("trainer.threads=3")) == 3
+    assert cpu_threads(make_cfg("trainer.threads=null")) == 8
+    assert cpu_threads(make_cfg("trainer.threads=null", "trial.n_jobs=4")) == 2
+    # data.num_workers defaults follow the run's threads, so trainer.threads reaches the loaders too
+    assert loader_workers(make_cfg("data.num_workers=null"), Runtime(torch.device("cuda")), 3) == 2

@@ -14,9 +14,9 @@ from albumentations.pytorch import ToTensorV2
 
 from covers.knn import faiss_index
 from covers.models.embed import create_backbone, normalized_batches
-from covers.run.finetune import train
+from covers.run.kinds import run as run_kind
 from covers.serving.cover_model import PIXELS_COLUMN, CoverModel
-from covers.training.loop import create_runtime
+from covers.training.runtime import create_runtime
 
 
 def _vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -87,14 +87,14 @@ def test_classify_with_k_above_gallery_size():
 
 def test_knn_baseline_on_cifar_beats_chance(make_cfg, cifar_covers):
     cfg = make_cfg(
-        "model=knn",
+        "experiment=knn",
         "data=archives",
         f"data.source={cifar_covers}",
         "data.image_size=32",
         "data.eval_batch_size=256",
         "model.k=10",
     )
-    out = train(cfg)
+    out = run_kind(cfg)
     assert out["summary/best_val_acc"] > 0.25, out  # ten classes: chance is 0.1; measured 0.37 at 32 px
 
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)

@@ -16,8 +16,8 @@ from PIL import Image
 from covers.models.create import WeightsUnavailableError, create_model, map_state_dict_in_order, package_weights_path
 from covers.models.embed import normalized_batches
 from covers.models.freeze import freeze_groups, layer_groups
-from covers.training.loop import create_runtime
 from covers.training.losses import FocalLoss, create_cross_entropy
+from covers.training.runtime import create_runtime
 
 # ImageNet classes for trucks and vans
 TRUCKS = {555, 569, 654, 656, 675, 717, 734, 864, 867}
@@ -128,12 +128,12 @@ def test_label_smoothing_loss():
     assert loss(logits, torch.tensor([0])) > F.cross_entropy(logits, torch.tensor([0])) + 0.1
 
 
-def test_pretrained_model_is_built_once_and_copied_with_a_seeded_head():
+def test_pretrained_model_has_imagenet_weights_and_a_seeded_head():
     import timm
 
     torch.manual_seed(0)
     first = create_model("tf_efficientnet_lite0", 5, weights="package")
-    with torch.no_grad():  # changing one trial's model must not leak into the next
+    with torch.no_grad():  # changing one trial's model must not reach the next
         next(first.parameters()).add_(1.0)
     torch.manual_seed(0)
     second = create_model("tf_efficientnet_lite0", 5, weights="package")

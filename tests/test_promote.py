@@ -23,7 +23,8 @@ from covers.models.create import create_model
 from covers.serving.cover_model import read_image
 from covers.serving.promote import champion_accuracy, promote
 from covers.tracking.registry import Candidate, decide, rank_candidates
-from covers.training.loop import create_runtime, predict
+from covers.training.loop import predict
+from covers.training.runtime import create_runtime
 from tests.conftest import ROOT
 from tests.test_sweep import run_sweep
 
@@ -144,6 +145,7 @@ def test_registry_model_predicts_like_the_in_process_model(store, tmp_path):
     assert acc == pytest.approx(float(mv.tags["test_acc"])) and basis == "measured now on this test split"
 
 
+@pytest.mark.slow
 def test_worse_promotion_keeps_the_alias_and_a_forced_one_moves_it(store, cache_dir):
     """The kNN baseline (swept through run.py) is promoted against the fine-tuned champion."""
     root, client = store["root"], store["client"]

@@ -21,14 +21,12 @@ from covers.data.split import content_hash, read_manifest
 from covers.data.subsample import fraction_mask, imbalance_mask, long_tail_counts, train_counts
 from covers.reporting.curves import curve_name, curve_points, plot_curve
 from covers.reporting.results_doc import write_results
-from covers.run.finetune import build_training, load_data, train
+from covers.run.context import build_context, load_data
+from covers.run.finetune import build_training, train
 from covers.sweep.search_space import grid_choices, parse_params
-from covers.training.loop import create_runtime
 from covers.training.losses import balanced_class_weights
 from covers.training.lr_finder import find_lr, plot_lr_find, ramp, suggest_lrs, suggest_valley
 from tests.conftest import CONF, ROOT, run_sweep
-
-TINY = ("data.image_size=32", "data.demo.per_class=20", "trainer.epochs=1")
 
 
 def manifest(per_class: dict[str, int], val: int = 3, test: int = 3) -> pd.DataFrame:
@@ -43,8 +41,8 @@ def manifest(per_class: dict[str, int], val: int = 3, test: int = 3) -> pd.DataF
 
 
 def test_train_fraction_halves_train_and_keeps_proportions(make_cfg):
-    full, _ = load_data(make_cfg(*TINY))
-    half, _ = load_data(make_cfg(*TINY, "data.train_fraction=0.5"))
+    full, _ = load_data(make_cfg())
+    half, _ = load_data(make_cfg("data.train_fraction=0.5"))
     assert half.counts()["train"] == full.counts()["train"] / 2
     assert half.counts()["val"] == full.counts()["val"] and half.counts()["test"] == full.counts()["test"]
     assert train_counts(half.manifest) == {c: n // 2 for c, n in train_counts(full.manifest).items()}
@@ -74,7 +72,7 @@ def test_imbalance_gives_requested_ratio(ratio):
 
 
 def test_imbalance_through_config(make_cfg):
-    bundle, _ = load_data(make_cfg(*TINY, "data.imbalance=4"))
+    bundle, _ = load_data(make_cfg("data.imbalance=4"))
     counts = train_counts(bundle.manifest)
     assert max(counts.values()) / min(counts.values()) == pytest.approx(4, rel=0.15)
     assert bundle.counts()["val"] == 16 and len(bundle.images) == len(bundle.manifest)
@@ -115,10 +113,10 @@ def test_valley_and_suggestions_on_a_known_curve():
 
 
 def test_lr_finder_on_real_model_restores_weights(make_cfg):
-    cfg = make_cfg(*TINY)
-    rt = create_runtime("cpu", "fp32")
-    bundle, inp = load_data(cfg)
-    parts = build_training(cfg, bundle, inp, rt)
+    cfg = make_cfg()
+    ctx = build_context(cfg)
+    rt = ctx.rt
+    parts = build_training(cfg, ctx)
     before = {k: v.clone() for k, v in parts.model.state_dict().items()}
     settings = {"start_lr": 1e-6, "end_lr": 0.1, "num_steps": 10, "beta": 0.9, "diverge": 10.0}
     make_optimizer = lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)  # noqa: E731
@@ -136,14 +134,17 @@ def test_lr_finder_on_real_model_restores_weights(make_cfg):
     assert buf.tell() > 1000
 
 
-def test_lr_auto_in_training_logs_found_lr_and_balanced_metrics(make_cfg, tmp_path):
-    auto = ("optim.lr=auto", "lr_find.num_steps=6", "lr_find.end_lr=0.1")
-    cfg = make_cfg(*TINY, *auto, "data.imbalance=3", "loss=weighted_ce")
+def test_lr_find_enabled_in_training_logs_found_lr_and_balanced_metrics(make_cfg, tmp_path):
+    auto = ("lr_find.enabled=true", "lr_find.num_steps=6", "lr_find.end_lr=0.1")
+    cfg = make_cfg(*auto, "data.imbalance=3", "loss=weighted_ce")
     out = train(cfg)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     run = client.get_run(out["run_id"])
     lr = float(run.data.params["optim.lr_found"])
     assert 1e-7 <= lr <= 0.1 and run.data.params["lr_find.chosen"] == "valley"
+    # what a value is, not how Hydra builds it: no _target_/_partial_ params (the config artifact keeps them)
+    assert not [k for k in run.data.params if k.rsplit(".", 1)[-1] in ("_target_", "_partial_")]
+    assert run.data.params["optim.optimizer.name"] == "adamw" and run.data.params["loss.weight"] == "balanced"
     assert run.data.metrics["lr_find.valley"] == pytest.approx(lr)
     history = client.get_metric_history(run.info.run_id, "epoch/lr")
     assert max(m.value for m in history) <= lr * 1.0001
@@ -154,6 +155,7 @@ def test_lr_auto_in_training_logs_found_lr_and_balanced_metrics(make_cfg, tmp_pa
     assert "plots/lr_find.png" in paths
 
 
+@pytest.mark.slow
 def test_validation_curve_sweep_and_report(tmp_path, cache_dir):
     run_sweep(
         tmp_path,

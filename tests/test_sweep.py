@@ -154,6 +154,17 @@ def test_sampled_strings_round_trip(text):
     assert override.value() == text and isinstance(override.value(), str)
 
 
+def test_the_values_handed_to_each_job_round_trip():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from covers.sweep.search_space import format_override
+
+    pruner = {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto", "x": None}
+    for value in (pruner, {"nested": {"a": [1, 2.5, "b c"], "on": True}}, "sqlite:////tmp/my store/optuna.db", None):
+        (override,) = OverridesParser.create().parse_overrides([format_override("trial.v", value)])
+        assert override.value() == value
+
+
 def test_choices_are_values_not_override_text():
     distributions, _ = parse_params({"a": "choice('x y', 'p:q', 1, '2')"})
     assert distributions["a"].choices == ("x y", "p:q", 1, "2")
@@ -161,6 +172,7 @@ def test_choices_are_values_not_override_text():
         parse_params({"a": "choice([1,2],[3])"})
 
 
+@pytest.mark.slow
 def test_fixed_values_reach_every_trial_unchanged(tmp_path, cache_dir):
     """Fixed overrides pass through a real sweep as the user wrote them (URLs, spaces, quotes, =, commas, unicode)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

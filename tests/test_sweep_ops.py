@@ -38,6 +38,7 @@ def cifar_subset(cifar_covers, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_median_pruning_on_cifar(tmp_path, cache_dir, cifar_subset):
     run_sweep(
         tmp_path,
@@ -75,6 +76,7 @@ def test_median_pruning_on_cifar(tmp_path, cache_dir, cifar_subset):
     assert parents[0].data.metrics["trials_pruned"] == states.count(TrialState.PRUNED)
 
 
+@pytest.mark.slow
 def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
     run_sweep(
         tmp_path,
@@ -102,6 +104,7 @@ def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
     assert parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite", "journal", "postgresql"])
 def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
     urls = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:///{tmp_path}/shared.log"}
@@ -136,6 +139,7 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
     assert len(parents) == 1
 
 
+@pytest.mark.slow
 def test_parallel_trials_with_a_process_launcher(tmp_path, cache_dir):
     run_sweep(
         tmp_path,

@@ -46,10 +46,13 @@ def test_sweep_logs_to_tracking_server_and_postgres_study(tmp_path, cache_dir, c
             plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert "plots/learning_curves.png" in plots
             # the storage URL (with its password) stays in the environment, out of the logged Hydra config
-            hydra_yaml = Path(
-                client.download_artifacts(run.info.run_id, "config/hydra.yaml", str(tmp_path))
-            ).read_text()
-            assert "storage: ${oc.env:COVERS_OPTUNA_STORAGE}" in hydra_yaml and "covers:covers@" not in hydra_yaml
+            logged = {
+                name: Path(client.download_artifacts(run.info.run_id, f"config/{name}", str(tmp_path))).read_text()
+                for name in ("hydra.yaml", "overrides.yaml", "config.yaml")
+            }
+            assert "storage: ${oc.env:COVERS_OPTUNA_STORAGE}" in logged["hydra.yaml"]
+            assert "trial.storage='${oc.env:COVERS_OPTUNA_STORAGE}'" in logged["overrides.yaml"]  # handed to the job
+            assert not [name for name, text in logged.items() if "covers:covers@" in text]
 
     # the runs live in the server's PostgreSQL database, the files in its artifact root, nothing in local stores
     stored = {row[0] for row in postgres_execute(backend, "SELECT run_uuid FROM runs")}

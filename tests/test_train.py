@@ -11,9 +11,11 @@ import timm
 import torch
 
 from covers.run.finetune import run_name, train
-from covers.training.loop import NonFiniteLossError, create_runtime, to_device, train_one_epoch
+from covers.training.loop import NonFiniteLossError, train_one_epoch
+from covers.training.runtime import create_runtime, to_device
 
 
+@pytest.mark.slow
 def test_two_epochs_on_cifar_beat_chance(make_cfg, cifar_covers, tmp_path):
     cfg = make_cfg(
         "data=archives",
@@ -60,7 +62,7 @@ def test_channels_last_is_the_default_runtime_and_places_the_model():
 
 
 def test_failed_run_is_marked_failed_with_traceback(make_cfg, tmp_path):
-    cfg = make_cfg("trainer.epochs=1", "data.image_size=32", "optim.lr=1e30", "loss.gamma=0.0")
+    cfg = make_cfg("optim.lr=1e30", "loss.gamma=0.0")
     try:
         train(cfg)
     except FloatingPointError:
@@ -88,20 +90,3 @@ def test_nan_loss_stops_the_epoch_before_its_update_and_names_the_batch():
     with pytest.raises(NonFiniteLossError, match=r"in images 8-12 "):
         train_one_epoch(model, batches, loss_fn, opt, None, create_runtime("cpu", "fp32"))
     assert len(calls) == 3 and all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update applied
-
-
-def test_seed_everything_gives_timms_random_streams():
-    import random
-
-    import numpy as np
-
-    from covers.training.loop import seed_everything
-
-    def draws():
-        return random.random(), np.random.rand(), torch.rand(3).tolist(), torch.randint(0, 100, (2,)).tolist()
-
-    timm.utils.random_seed(7)
-    expected = draws()
-    torch.rand(5), np.random.rand(4), random.random()  # move every stream on
-    seed_everything(7)
-    assert draws() == expected

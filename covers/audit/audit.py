@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from covers.audit import plots
@@ -22,7 +19,6 @@ from covers.audit.eda import FEATURES, colour_summary, describe, feature_table, 
 from covers.audit.report import write_report
 from covers.data import CleanResult, DuplicateRules, IngestLimits, clean_source, write_manifest
 from covers.data.dedup import closest_pairs
-from covers.data.prepare import resolve_source
 from covers.data.split import SPLITS
 from covers.data.store import decode_rows
 from covers.tracking import runs
@@ -194,9 +190,11 @@ def audit_source(
     return report
 
 
-def log_audit(report: dict[str, Any], out: Path, tracking: DictConfig, experiment: str) -> str:
+def log_audit(
+    report: dict[str, Any], out: Path, tracking_uri: str, experiment: str, artifact_root: str | None = None
+) -> str:
     """Log the audit as an MLflow run in ``experiment``: settings as params, counts as metrics, ``out`` as artifacts."""
-    runs.setup_tracking(tracking.uri, experiment, tracking.artifact_root)
+    runs.setup_tracking(tracking_uri, experiment, artifact_root)
     reasons = pd.Series([r["reason"] for r in report["rejected"]], dtype=str).value_counts()
     metrics = {
         "members_total": report["members_total"],
@@ -213,33 +211,3 @@ def log_audit(report: dict[str, Any], out: Path, tracking: DictConfig, experimen
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out))
         return run.info.run_id
-
-
-def run_audit(cfg: DictConfig) -> dict[str, Any]:
-    """The audit for a composed config (``data`` names the source, ``audit`` the thresholds and output)."""
-    d, a = cfg.data, cfg.audit
-    demo = OmegaConf.to_container(d.demo) if d.get("demo") else None
-    source = resolve_source(d.name, d.source, Path(cfg.paths.cache_dir), demo)
-    split = {"val_fraction": d.val_fraction, "test_fraction": d.test_fraction, "seed": d.split_seed}
-    out = Path(a.out)
-    report = audit_source(
-        source,
-        out,
-        instantiate(a.limits),
-        instantiate(a.duplicates),
-        instantiate(a.anomalies),
-        split,
-        a.report.closest_pairs,
-        a.report.samples_per_class,
-    )
-    where = [f"audit report: {(out / 'report.md').absolute()}"]
-    if a.log_mlflow:
-        log.info("logging the audit to the MLflow experiment %s", a.experiment)
-        report["mlflow_run_id"] = log_audit(report, out, cfg.tracking, a.experiment)
-        uri = shlex.quote(runs.resolve_sqlite_uri(cfg.tracking.uri))
-        where.append(f"MLflow run {report['mlflow_run_id']} (experiment {a.experiment})")
-        where.append(f"open it with: mlflow ui --backend-store-uri {uri}")
-    if report["leakage"]:
-        raise RuntimeError(f"{report['leakage']} duplicate groups straddle splits; no manifest written (see {out})")
-    log.info("; ".join(where))
-    return report

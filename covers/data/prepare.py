@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,10 +137,6 @@ def given_manifest(source: Path, path: Path, cache_dir: Path, limits: IngestLimi
     return kept, checked
 
 
-# bundles of this process by settings and source state, each with its manifest file's (size, mtime) when built
-_BUNDLES: OrderedDict[str, tuple[tuple, DataBundle]] = OrderedDict()
-
-
 def prepare_data(
     name: str,
     image_size: int,
@@ -153,21 +149,12 @@ def prepare_data(
     demo: dict | None = None,
     limits: IngestLimits | None = None,
     rules: DuplicateRules | None = None,
+    keep_decoded: bool = True,
 ) -> DataBundle:
-    """Resolve the source, its (cleaned) split manifest and the decoded images at ``image_size``.
-
-    Built once per process for the same settings and the same state of the source and manifest files (a sweep's
-    trials share it; callers only read a bundle)."""
+    """Resolve the source, its (cleaned) split manifest and the decoded images at ``image_size`` (kept in memory
+    for the next run of this process unless ``keep_decoded`` is false: :func:`covers.data.store.load_image_store`)."""
     cache_dir = Path(cache_dir)
     src = resolve_source(name, source, cache_dir, demo)
-    settings = [image_size, split_seed, val_fraction, test_fraction, limits and asdict(limits), rules and asdict(rules)]
-    given = manifest and _file_state(Path(manifest))  # the bundle may hold a checked copy: the given file counts
-    key = json.dumps(
-        [str(src), source_fingerprint(src), str(cache_dir.resolve()), manifest, given, *settings], default=str
-    )
-    state, bundle = _BUNDLES.get(key, (None, None))
-    if bundle is not None and state == _file_state(bundle.manifest_path):
-        return bundle
     df, path = resolve_manifest(src, cache_dir, manifest, split_seed, val_fraction, test_fraction, limits, rules)
     classes = sorted(df["label"].unique())
     if len(classes) < 2:
@@ -177,14 +164,5 @@ def prepare_data(
             f"each in data.source={src} (manifest {path})"
         )
     labels = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
-    images = load_image_store(src, df, image_size, cache_dir, limits)
-    bundle = DataBundle(src, path, df, classes, images, labels)
-    _BUNDLES[key] = (_file_state(path), bundle)
-    while len(_BUNDLES) > 4:
-        _BUNDLES.popitem(last=False)
-    return bundle
-
-
-def _file_state(path: Path) -> tuple:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    images = load_image_store(src, df, image_size, cache_dir, limits, keep_decoded)
+    return DataBundle(src, path, df, classes, images, labels)

@@ -1,10 +1,14 @@
-"""Decode-once store: every manifest row decoded, resized and kept as one uint8 array on disk."""
+"""Decode-once store: every manifest row decoded, resized and kept as one uint8 array on disk.
+
+The one in-memory cache of the data path lives here: the last :data:`KEEP_IN_MEMORY` stores a process loaded, so
+that a sweep's later trials skip re-reading the array from disk. Switch: ``data.keep_decoded`` (``keep_decoded``
+below); false reads the file for every run."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,8 @@ from covers.data.split import content_hash
 
 log = logging.getLogger(__name__)
 
-_MEMORY: dict[Path, np.ndarray] = {}
+KEEP_IN_MEMORY = 2  # stores kept; each is N x size x size x 3 bytes (1 500 covers at 128 px: 74 MB)
+_memory: OrderedDict[Path, np.ndarray] = OrderedDict()
 
 
 def decode_rows(
@@ -54,27 +59,42 @@ def decode_rows(
 
 
 def load_image_store(
-    source: str | Path, manifest: pd.DataFrame, size: int, cache_dir: str | Path, limits: IngestLimits | None = None
+    source: str | Path,
+    manifest: pd.DataFrame,
+    size: int,
+    cache_dir: str | Path,
+    limits: IngestLimits | None = None,
+    keep_decoded: bool = True,
 ) -> np.ndarray:
-    """The decoded images for ``manifest`` at ``size`` px, from memory, the disk cache, or decoded now (within the
-    ingest ``limits``).
+    """The decoded images for ``manifest`` at ``size`` px, from the disk store or decoded now (within the ingest
+    ``limits``); with ``keep_decoded``, from and into this process's memory (the last :data:`KEEP_IN_MEMORY`).
 
-    Keyed by (manifest content, size), so every trial and epoch of a sweep reuses one decode."""
-    path = Path(cache_dir) / "decoded" / f"{content_hash(manifest)}-{size}px.npy"
-    if path in _MEMORY:
-        return _MEMORY[path]
-    if path.exists():
-        images = np.load(path)
-        if images.shape != (len(manifest), size, size, 3):
-            log.warning("cache %s has shape %s, rebuilding", path, images.shape)
-        else:
-            _MEMORY[path] = images
-            return images
-    log.info("decoding %d images at %dpx into %s", len(manifest), size, path)
-    images = decode_rows(Path(source), manifest, size, progress=True, limits=limits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, images)
-    os.replace(tmp, path)
-    _MEMORY[path] = images
+    Keyed by (manifest content, size), so every trial and epoch of a sweep reuses one decode. Callers only read
+    the array."""
+    path = Path(cache_dir).resolve() / "decoded" / f"{content_hash(manifest)}-{size}px.npy"
+    if keep_decoded and path in _memory and path.exists():
+        _memory.move_to_end(path)
+        return _memory[path]
+    images = _read_store(path, len(manifest), size)
+    if images is None:
+        log.info("decoding %d images at %dpx into %s", len(manifest), size, path)
+        images = decode_rows(Path(source), manifest, size, progress=True, limits=limits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, images)
+        os.replace(tmp, path)
+    if keep_decoded:
+        _memory[path] = images
+        while len(_memory) > KEEP_IN_MEMORY:
+            _memory.popitem(last=False)
+    return images
+
+
+def _read_store(path: Path, n: int, size: int) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    images = np.load(path)
+    if images.shape != (n, size, size, 3):
+        log.warning("cache %s has shape %s, rebuilding", path, images.shape)
+        return None
     return images

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -13,8 +12,6 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-
-from covers import model_spares
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +107,16 @@ def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], origin: str
         raise WeightsUnavailableError(f"no tensor of {origin} matches the model")
 
 
+def input_spec(model_name: str, image_size: int | None = None, mean=None, std=None) -> dict[str, Any]:
+    """The model's input: ``image_size``, ``mean`` and ``std`` from its pretrained config unless given."""
+    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(model_name).to_dict())
+    return {
+        "image_size": int(image_size or cfg["input_size"][-1]),
+        "mean": [float(x) for x in (mean or cfg["mean"])],
+        "std": [float(x) for x in (std or cfg["std"])],
+    }
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -131,37 +138,22 @@ def create_model(
         return model
     if weights == "none":  # a fresh random init from the seeded RNG
         model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
-    else:  # a copy of the process's pretrained model (a sweep builds one per trial; a finished trial's is reused)
-        key = tuple(sorted(kwargs.items()))
-        if _hashable(key):
-            model = model_spares.copy_of(_pretrained(name, weights, drop_rate, key), (name, weights, drop_rate, key))
-        else:
-            model = _pretrained.__wrapped__(name, weights, drop_rate, key)
+    else:
+        model = _pretrained(name, weights, drop_rate, **kwargs)
     model.reset_classifier(num_classes)
     return model
 
 
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=2)
-def _pretrained(name: str, weights: str, drop_rate: float, kwargs: tuple) -> nn.Module:
-    """The ImageNet model from the hub or the package, built once per process. Built on a fork of the RNG, so a
-    seeded run draws the same new head whether or not the model was cached."""
-    with torch.random.fork_rng(devices=[]):
-        if weights == "hub":
-            if not _hub_reachable():
-                raise WeightsUnavailableError(_offline_advice(name))
-            try:
-                return timm.create_model(name, pretrained=True, drop_rate=drop_rate, **dict(kwargs))
-            except OSError as e:
-                raise WeightsUnavailableError(_offline_advice(name)) from e
-        model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **dict(kwargs))
+def _pretrained(name: str, weights: str, drop_rate: float, **kwargs: Any) -> nn.Module:
+    """The ImageNet model from the hub or the package (its own classifier head still attached)."""
+    if weights == "hub":
+        if not _hub_reachable():
+            raise WeightsUnavailableError(_offline_advice(name))
+        try:
+            return timm.create_model(name, pretrained=True, drop_rate=drop_rate, **kwargs)
+        except OSError as e:
+            raise WeightsUnavailableError(_offline_advice(name)) from e
+    model = timm.create_model(name, pretrained=False, drop_rate=drop_rate, **kwargs)
     path = package_weights_path(name)
     model.load_state_dict(map_state_dict_in_order(model, torch.load(path, map_location="cpu", weights_only=True)))
     log.info("loaded ImageNet weights for %s from %s", name, path)

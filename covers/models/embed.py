@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covers.models.create import create_model
-from covers.training.loop import Runtime, create_runtime
+from covers.training.runtime import Runtime, create_runtime
 
 
 def create_backbone(name: str, weights: str = "package", checkpoint: str | None = None) -> nn.Module:

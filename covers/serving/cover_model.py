@@ -29,7 +29,7 @@ from covers.data.archives import decode_rgb, fit_square, to_rgb
 from covers.data.members import IngestLimits
 from covers.knn import faiss_index
 from covers.models.embed import create_backbone, embed_images, map_batches
-from covers.training.loop import Runtime, create_runtime
+from covers.training.runtime import Runtime, create_runtime
 
 if TYPE_CHECKING:
     import faiss
@@ -48,19 +48,18 @@ _ANY_HINT_WARNING = re.compile(r".*Any type hint is inferred as AnyType")
 
 @contextmanager
 def quiet_any_hint() -> Iterator[None]:
-    """Drop MLflow's warning about the ``list[Any]`` input hint (MLflow forces such warnings on, so filters
-    cannot); every other warning is shown as usual."""
-    show = warnings.showwarning
-
-    def _show(message, category, filename, lineno, file=None, line=None):
-        if not _ANY_HINT_WARNING.match(str(message)):
-            show(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = _show
+    """Drop MLflow's warning about the ``list[Any]`` input hint; every other warning of the block is shown as usual.
+    MLflow turns its own user warnings on inside the call (``simplefilter("once")``), so an ignore filter cannot
+    catch it: the block's warnings are recorded (``catch_warnings(record=True)``) and the others re-issued."""
+    caught: list[warnings.WarningMessage] = []
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
     finally:
-        warnings.showwarning = show
+        for w in caught:
+            if not _ANY_HINT_WARNING.match(str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def read_image(item: Any) -> Image.Image:

@@ -90,13 +90,25 @@ def grid_choices(distribution: BaseDistribution, name: str = "") -> list:
 
 
 def format_override(name: str, value: Any) -> str:
-    """``name=value`` in Hydra override syntax for a sampled value: a string is always quoted (so ``'1'`` stays a
-    string and ``'a b'``, ``'x:y'``, quotes and backslashes reach the job unchanged), ``None`` is ``null``."""
+    """``name=value`` in Hydra override syntax: a string is always quoted (so ``'1'`` stays a string and ``'a b'``,
+    ``'x:y'``, quotes and backslashes reach the job unchanged), ``None`` is ``null``, a mapping ``{k: v, ...}`` and
+    a list ``[...]`` (for the values the sweeper hands each job, such as ``trial.pruner``)."""
+    return f"{name}={override_value(value)}"
+
+
+def override_value(value: Any) -> str:
+    """A value in Hydra's override grammar (see :func:`format_override`)."""
     if isinstance(value, str):
-        value = quote(value)
-    elif value is None:
-        value = "null"
-    return f"{name}={value}"
+        return quote(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
+    return str(value)
 
 
 def quote(text: str) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import random
 import time
 import warnings
@@ -82,14 +80,3 @@ def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseSto
             log.info("storage not ready (%s); retrying", type(e).__name__)
             time.sleep(0.5 + random.random())
     return None
-
-
-def job_storage(url: str, sqlite_wal: bool = True) -> BaseStorage | None:
-    """The storage a trial's job reports to, opened once per process and URL: opening an RDB storage checks its
-    schema (~0.1 s), and a sweep runs its jobs in the sweeper's process or in reused launcher workers."""
-    return _job_storage(os.getpid(), normalise_storage_url(url), sqlite_wal)
-
-
-@functools.lru_cache(maxsize=4)
-def _job_storage(pid: int, url: str | None, sqlite_wal: bool) -> BaseStorage | None:
-    return open_storage(url, sqlite_wal=sqlite_wal)

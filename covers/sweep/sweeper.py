@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from covers.sweep import budget
-from covers.sweep.compose import SweepConfigLoader
 from covers.sweep.devices import slot_devices
 from covers.sweep.outcome import format_params, summary_lines, write_results
 from covers.sweep.recovery import stale_trial_callback
@@ -98,7 +97,6 @@ class OptunaSweeperImpl(Sweeper):
         devices: Any = "auto",
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
-        compose_cache: bool = True,
         sqlite_wal: bool = True,
     ) -> None:
         self.sampler, self.pruner, self.direction = sampler, pruner, direction
@@ -109,16 +107,19 @@ class OptunaSweeperImpl(Sweeper):
         self.devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
         self.mlflow_cfg = mlflow
-        self.compose_cache, self.sqlite_wal = bool(compose_cache), bool(sqlite_wal)
+        self.sqlite_wal = bool(sqlite_wal)
+        self.storage_cfg: str | None = None
+        self.pruner_cfg: dict | None = None
         self.config: DictConfig | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.objective = str(OmegaConf.select(config, "optimized_metric", default="objective"))
-        if self.compose_cache:  # trials reuse the composition they share (covers.sweep.compose)
-            loader = SweepConfigLoader(hydra_context.config_loader)
-            hydra_context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
+        # handed to every job (trial.storage, trial.pruner) as configured, unresolved: a password read from the
+        # environment (${oc.env:...}) is resolved in the job and never written into its config or overrides
+        raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        self.storage_cfg, self.pruner_cfg = raw.get("storage"), raw.get("pruner")
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -343,7 +344,15 @@ class OptunaSweeperImpl(Sweeper):
         self, study: optuna.Study, trial: optuna.Trial, fixed: list[str], parent: str | None, device: str | None
     ) -> list[str]:
         ov = [format_override(k, v) for k, v in trial.params.items()] + fixed
-        ov += [f"trial.number={trial.number}", format_override("trial.study_name", study.study_name)]
+        # what the job needs to report to its trial, in its own config (no global Hydra state)
+        ov += [
+            f"trial.number={trial.number}",
+            format_override("trial.study_name", study.study_name),
+            format_override("trial.storage", self.storage_cfg),
+            format_override("trial.metric", self.metric),
+            format_override("trial.pruner", self.pruner_cfg),
+            f"trial.n_jobs={self.n_jobs}",
+        ]
         if parent:
             ov.append(f"trial.parent_run_id={parent}")
         if device:  # this slot's GPU (covers.sweep.devices)

@@ -1,31 +1,18 @@
 """The job side of a sweep: reach this job's Optuna trial through the storage, report epochs, prune.
 
-The sweeper hands each job ``trial.study_name`` and ``trial.number``; the storage URL and pruner come from the
-sweeper's own config (``HydraConfig.get().sweeper``), so this works in-process and in process launchers."""
+The sweeper hands each job everything it needs in the trial's config (``trial.study_name``, ``trial.number``,
+``trial.storage``, ``trial.metric``, ``trial.pruner``); the run layer passes those values here, so this works
+in-process and in process launchers alike."""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from optuna.storages import RDBStorage
 
-from covers.sweep.storage import job_storage
-
-log = logging.getLogger(__name__)
-
-
-def connect_trial(
-    study_name: str, number: int, storage: str, pruner: Any = None, sqlite_wal: bool = True
-) -> optuna.Trial:
-    """The live :class:`optuna.Trial` number ``number`` of ``study_name`` in ``storage``."""
-    store = job_storage(storage, sqlite_wal)
-    study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
-    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), number)
-    return optuna.Trial(study, trial_id)
+from covers.sweep.storage import open_storage
 
 
 class TrialReporter:
@@ -43,15 +30,22 @@ class TrialReporter:
             raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.metric}={value:.4f})")
 
 
-def reporter_for(cfg: DictConfig, epochs: int | None = None) -> TrialReporter | None:
-    """A reporter for this job's trial when it runs under the covers Optuna sweeper, else ``None``."""
-    if cfg.trial.number is None or not HydraConfig.initialized():
-        return None
-    sweeper = HydraConfig.get().sweeper
-    if "storage" not in sweeper or not sweeper.storage:
-        log.warning("trial %s: the sweeper has no storage; no pruning", cfg.trial.number)
-        return None
-    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
-    wal = bool(sweeper.get("sqlite_wal", True))
-    trial = connect_trial(cfg.trial.study_name, int(cfg.trial.number), sweeper.storage, pruner, wal)
-    return TrialReporter(trial, str(sweeper.get("metric", "val_acc")), epochs or int(cfg.trainer.epochs))
+@contextmanager
+def trial_reporter(
+    study_name: str,
+    number: int,
+    storage: str,
+    metric: str = "val_acc",
+    pruner: optuna.pruners.BasePruner | None = None,
+    epochs: int | None = None,
+) -> Iterator[TrialReporter]:
+    """A :class:`TrialReporter` for the live trial ``number`` of ``study_name`` in ``storage``, connected for the
+    length of the block (the storage's mode, e.g. SQLite's WAL, is the sweeper's business and left alone)."""
+    store = open_storage(storage, sqlite_wal=False)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
+        trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), number)
+        yield TrialReporter(optuna.Trial(study, trial_id), metric, epochs)
+    finally:
+        if isinstance(store, RDBStorage):
+            store.engine.dispose()

@@ -18,8 +18,6 @@ from typing import Any
 import mlflow
 from hydra.errors import CompactHydraException
 from mlflow.entities import RunStatus
-from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from covers.tracking.sqlite import use_wal
 
@@ -31,8 +29,6 @@ MAX_PARAM_LEN = 6000
 # follow; chart titles drop the prefix
 EPOCH_PREFIX = "epoch/"
 SUMMARY_PREFIX = "summary/"
-_experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
-_checked_parents: set[tuple[str, str]] = set()  # (tracking URI, parent run id) MLflow checked in this process
 
 
 def resolve_sqlite_uri(uri: str | None) -> str | None:
@@ -89,16 +85,11 @@ def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, 
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created with ``artifact_root`` if new).
     A SQLite store is used in WAL mode unless ``sqlite_wal`` is false (:mod:`covers.tracking.sqlite`)."""
     uri = resolve_sqlite_uri(uri)
-    if sqlite_wal:
-        use_wal(uri)
-    known = _experiments.get((uri, experiment))
-    # a sweep's later trials in this process: the store and experiment are still the active ones
-    if known is not None and mlflow.get_tracking_uri() == uri and MLFLOW_EXPERIMENT_ID.get() == known:
-        return known
     check_sqlite_store(uri)
     with sqlite_init_lock(uri):
-        exp_id = _experiments[(uri, experiment)] = _setup_tracking(uri, experiment, artifact_root)
-    return exp_id
+        if sqlite_wal:
+            use_wal(uri)
+        return _setup_tracking(uri, experiment, artifact_root)
 
 
 def _setup_tracking(uri: str, experiment: str, artifact_root: str | None) -> str:
@@ -164,15 +155,7 @@ def start_run(
     or KILLED (Ctrl-C, SIGTERM)."""
     # tag values as strings: a tracking server's REST API rejects other types (a local SQLite store converts them)
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    parent = (mlflow.get_tracking_uri(), parent_run_id)
-    if parent_run_id and parent in _checked_parents and mlflow.active_run() is None:
-        # a sweep's later trials: MLflow's own check (exists, not deleted) re-reads the whole parent run, params
-        # and metrics, at every trial; the tag it would set is set here
-        run = mlflow.start_run(run_name=run_name, tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id})
-    else:
-        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
-        if parent_run_id:
-            _checked_parents.add(parent)
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield run

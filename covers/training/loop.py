@@ -5,12 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +16,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
+
+from covers.training.runtime import Runtime, to_device
 
 log = logging.getLogger(__name__)
 
@@ -29,81 +28,6 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run cannot continue meaningfully."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-
-    def place(self, module: nn.Module) -> nn.Module:
-        """``module`` (in place) on the runtime's device, in channels_last memory format when the runtime uses it,
-        else contiguous (a reused model may come in either)."""
-        return module.to(
-            self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
-        )
-
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """A loss scaler for fp16 autocast (bf16 and fp32 need none)."""
-        return torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-
-def create_runtime(
-    device: str = "auto",
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    cudnn_benchmark: bool | None = None,
-) -> Runtime:
-    """CUDA with AMP (bf16, else fp16) when available; fp32 on CPU by default. ``channels_last`` by default on
-    both: on this project's 2-core CPU it trains EfficientNet-Lite0 1.19-1.36x and ResNet-50 1.28-1.30x faster
-    (ResNet-18 at 64 px: 0.88x; ``python -m benchmarks.runtime``, docs/benchmarks.md). ``cudnn_benchmark``
-    (CUDA only) lets cuDNN time its algorithms for every new input shape; default on."""
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True if cudnn_benchmark is None else bool(cudnn_benchmark)
-    return Runtime(dev, amp, True if channels_last is None else bool(channels_last))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's RNGs, the same streams as ``timm.utils.random_seed``. Unlike
-    ``torch.manual_seed`` it seeds only the accelerators in use: on a CPU-only machine, torch queues a seed for CUDA,
-    XPU and MTIA, each with a stack trace (~5 ms a trial inside a Hydra sweep)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.random.default_generator.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def set_threads(n: int) -> None:
-    """``torch.set_num_threads(n)`` unless already ``n`` (setting it again costs 2-4 ms in a warm sweep process)."""
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-def runtime_from_config(trainer: Any) -> Runtime:
-    """The runtime a ``trainer`` config group asks for (``device``, ``precision``, ``channels_last``,
-    ``cudnn_benchmark``)."""
-    return create_runtime(trainer.device, trainer.precision, trainer.channels_last, trainer.get("cudnn_benchmark"))
-
-
-def to_device(x: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """A batch on the runtime's device (channels_last for images when the runtime asks for it)."""
-    x = x.to(rt.device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last and x.ndim == 4 else x
 
 
 # How often a GPU loop reads its NaN/inf flag back (each read waits for every step queued so far); the CPU reads it

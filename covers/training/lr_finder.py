@@ -18,7 +18,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from covers.tracking import runs
-from covers.training.loop import Batches, Runtime, to_device
+from covers.training.loop import Batches
+from covers.training.runtime import Runtime, to_device
 
 log = logging.getLogger(__name__)
 
@@ -172,23 +173,3 @@ def log_lr_find(result: LRFindResult, suggestion: str = "valley") -> float:
     runs.log_figure(plot_lr_find(result, f"lr finder: {suggestion} {lr:.2e}"), "plots/lr_find.png")
     log.info("lr finder chose %s lr %.3g", suggestion, lr)
     return lr
-
-
-def run_lr_find(cfg) -> dict[str, float]:
-    """``experiments/lr_find.py``: the range test on the configured data, model, freezing and loss, as an MLflow
-    run (tag ``covers.kind=lr_find``); returns the suggestions."""
-    from hydra.utils import instantiate
-
-    from covers.run.finetune import build_training, load_data, log_run_record, tracked_run
-    from covers.training.loop import runtime_from_config, seed_everything
-
-    seed_everything(cfg.seed)
-    with tracked_run(cfg, f"lr-find {cfg.model.name}", **{"covers.kind": "lr_find"}):
-        rt = runtime_from_config(cfg.trainer)
-        bundle, inp = load_data(cfg)
-        log_run_record(cfg, bundle, inp)
-        parts = build_training(cfg, bundle, inp, rt)
-        make_optimizer = instantiate(cfg.optim.optimizer)
-        result = find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, rt, cfg.lr_find)
-        log_lr_find(result, cfg.lr_find.suggestion)
-    return result.suggestions
