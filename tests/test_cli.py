@@ -51,11 +51,13 @@ def test_help_describes_the_app_its_groups_and_an_example(app, description, exam
 
 
 def test_help_of_the_command_line_tool_documents_path_without_markup():
-    for sub in ([], ["predict"], ["similar"]):
-        proc = _run("-m", "covers", *sub, "--help")
+    helps = {}
+    for sub in ("", "predict", "similar"):
+        proc = _run("-m", "covers", *sub.split(), "--help")
         assert proc.returncode == 0, proc.stderr
         assert "``" not in proc.stdout, proc.stdout
-    top, predict = _run("-m", "covers", "--help").stdout, _run("-m", "covers", "predict", "--help").stdout
+        helps[sub] = proc.stdout
+    top, predict = helps[""], helps["predict"]
     assert "python -m covers predict PATH" in top and "python -m covers similar COVER" in top
     flat = " ".join(predict.split())
     assert "PATH an image file, a folder" in flat and "zip" in flat, predict
