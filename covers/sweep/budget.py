@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 RETRY_OF = "retry_of"
 OVER_BUDGET = "over_budget"
+WARM_START = "warm_start_from"  # a finished trial of an earlier study, added as history for the sampler
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -21,9 +22,23 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that spend the budget: all states, except retried failures and over-budget leftovers."""
+    """Trials that spend the budget: all states, except retried failures, over-budget leftovers and the history
+    added from an earlier study (``warm_start_from``)."""
     replaced = retried_numbers(trials)
-    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(OVER_BUDGET)]
+    return [
+        t
+        for t in trials
+        if t.number not in replaced and not t.user_attrs.get(OVER_BUDGET) and WARM_START not in t.user_attrs
+    ]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial this study ran itself (never a warm-start trial), or None."""
+    done = [t for t in counted(study.get_trials(deepcopy=False)) if t.state == TrialState.COMPLETE]
+    if not done:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: t.value)
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:

@@ -11,7 +11,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from covers.sweep.budget import counted
+from covers.sweep.budget import best_trial, counted
 
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -24,11 +24,11 @@ def format_params(params: dict[str, Any]) -> str:
 def write_results(folder: str | Path, study: optuna.Study) -> Path | None:
     """``optimization_results.yaml`` (``name``, ``best_params``, ``best_value``) in the sweep folder; None without a
     completed trial."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    best = best_trial(study)
+    if best is None:
         return None
     path = Path(folder) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    best = study.best_trial
     doc = {"name": study.study_name, "best_params": best.params, "best_value": float(best.value)}
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return path
@@ -43,8 +43,8 @@ def summary_lines(
     words = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     counts = ", ".join(f"{states[state]} {word}" for state, word in words.items())
     lines = [f"sweep {study.study_name} done: {len(trials)} trials ({counts})"]
-    if states[TrialState.COMPLETE]:
-        best = study.best_trial
+    best = best_trial(study)
+    if best is not None:
         lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")
     if parent:
         lines.append(f"MLflow parent run {parent}; open it with: mlflow ui --backend-store-uri {tracking_uri}")

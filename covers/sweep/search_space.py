@@ -89,6 +89,32 @@ def grid_choices(distribution: BaseDistribution, name: str = "") -> list:
     raise SearchSpaceError(f"grid sampling needs discrete values (choice or range) for {name!r}, got {distribution}")
 
 
+def check_enqueued(configs: Iterable[Any], distributions: Mapping[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """``hydra.sweeper.enqueue``: each a mapping of searched keys to values inside their distributions (keys left
+    out are sampled). Raises :class:`SearchSpaceError` naming the entry, the key and what is allowed."""
+    checked = []
+    for i, config in enumerate(configs):
+        if not isinstance(config, Mapping) or not config:
+            raise SearchSpaceError(f"hydra.sweeper.enqueue[{i}]: expected a mapping of searched keys to values")
+        for key, value in config.items():
+            if key not in distributions:
+                searched = ", ".join(distributions) or "none"
+                raise SearchSpaceError(f"hydra.sweeper.enqueue[{i}]: {key} is not searched (searched: {searched})")
+            dist = distributions[key]
+            if not contains(dist, value):
+                raise SearchSpaceError(f"hydra.sweeper.enqueue[{i}]: {key}={value!r} is outside {describe(dist)}")
+        checked.append(dict(config))
+    return checked
+
+
+def contains(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one ``distribution`` can give: one of its choices, or a number within its bounds."""
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and distribution.low <= value <= distribution.high
+
+
 def format_override(name: str, value: Any) -> str:
     """``name=value`` in Hydra override syntax: a string is always quoted (so ``'1'`` stays a string and ``'a b'``,
     ``'x:y'``, quotes and backslashes reach the job unchanged), ``None`` is ``null``, a mapping ``{k: v, ...}`` and

@@ -16,7 +16,7 @@ from mlflow.entities import RunTag
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from covers.sweep.budget import counted
+from covers.sweep.budget import best_trial, counted
 from covers.sweep.search_space import describe
 from covers.tracking.runs import setup_tracking
 
@@ -126,7 +126,7 @@ def tag_trial_state(study: optuna.Study, number: int) -> None:
 
 
 def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:
-    best = study.best_trial
+    best = best_trial(study)
     client.log_metric(parent_run_id, "best_value", float(best.value))
     previous = client.get_run(parent_run_id).data.tags.get("best_trial_number")
     tags = {"best_trial_number": best.number, **{f"best.{mlflow_key(k)}": v for k, v in best.params.items()}}

@@ -17,6 +17,7 @@ from hydra.core.utils import JobStatus
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
@@ -25,12 +26,21 @@ from covers.sweep.devices import slot_devices
 from covers.sweep.outcome import format_params, summary_lines, write_results
 from covers.sweep.recovery import stale_trial_callback
 from covers.sweep.sampler import create_sampler, sampler_name
-from covers.sweep.search_space import SearchSpaceError, describe_space, format_override, parse_params
+from covers.sweep.search_space import (
+    SearchSpaceError,
+    check_enqueued,
+    describe_space,
+    format_override,
+    parse_params,
+)
 from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
 from covers.sweep.storage import normalise_storage_url, open_storage, optuna_experimental_quiet
+from covers.sweep.warm_start import add_history, check_source
 from covers.tracking.runs import flatten, resolve_sqlite_uri, sqlite_init_lock
 
 log = logging.getLogger(__name__)
+
+_MISSING = object()  # OmegaConf.select's answer for a key the config does not have
 
 
 class SweepFailed(CompactHydraException):
@@ -95,6 +105,10 @@ class OptunaSweeperImpl(Sweeper):
         grace_period: int | None = 120,
         metric: str = "val_acc",
         devices: Any = "auto",
+        timeout: float | None = None,
+        enqueue: Any = None,
+        warm_start_from: str | None = None,
+        custom_search_space: str | None = None,
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
         sqlite_wal: bool = True,
@@ -106,6 +120,12 @@ class OptunaSweeperImpl(Sweeper):
         self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
         self.devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
         self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self.timeout = float(timeout) if timeout else None
+        self.warm_start_from = str(warm_start_from) if warm_start_from else None
+        # define-by-run parameters (e.g. gamma only for the focal loss): a function (cfg, trial) -> None, as in
+        # hydra-optuna-sweeper; it runs after the sampler has drawn the params: values
+        self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
+        self.enqueue = OmegaConf.to_container(enqueue, resolve=True) if OmegaConf.is_config(enqueue) else enqueue or []
         self.mlflow_cfg = mlflow
         self.sqlite_wal = bool(sqlite_wal)
         self.storage_cfg: str | None = None
@@ -127,10 +147,10 @@ class OptunaSweeperImpl(Sweeper):
     def search_space(self, arguments: Sequence[str]) -> tuple[dict, dict]:
         """Distributions and fixed overrides from ``params:`` plus command-line sweep arguments; keys checked."""
         distributions, fixed = parse_params([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        missing = object()
         for key in distributions:
-            if key[0] not in "+~" and OmegaConf.select(self.config, key, default=missing) is missing:
+            if key[0] not in "+~" and OmegaConf.select(self.config, key, default=_MISSING) is _MISSING:
                 raise SearchSpaceError(unknown_key_message(key, self.config))
+        self.enqueue = check_enqueued(self.enqueue, distributions)  # before any trial: a typo stops the sweep
         return distributions, fixed
 
     # -- set-up --------------------------------------------------------------------------------------------------
@@ -141,6 +161,8 @@ class OptunaSweeperImpl(Sweeper):
             storage = open_storage(
                 self.storage_url, self.heartbeat_interval, self.grace_period, on_stale, sqlite_wal=self.sqlite_wal
             )
+            if self.warm_start_from:
+                check_source(storage, self.warm_start_from, self.direction)
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=storage,
@@ -149,6 +171,10 @@ class OptunaSweeperImpl(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
+            if self.warm_start_from:
+                add_history(study, storage, self.warm_start_from, distributions)
+            for params in self.enqueue:  # warm start: run first, in order; one already in the study is not repeated
+                study.enqueue_trial(params, skip_if_exists=True)
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective, not "Objective 0"
             with optuna_experimental_quiet():
                 study.set_metric_names([self.objective])
@@ -175,6 +201,9 @@ class OptunaSweeperImpl(Sweeper):
             "sampler": sampler_name(study.sampler),
             "pruner": type(study.pruner).__name__,
             "n_trials": n_trials,
+            "timeout_s": self.timeout,
+            "enqueued": len(self.enqueue),
+            "warm_start_from": self.warm_start_from,
             "n_jobs": self.n_jobs,
             "direction": self.direction,
             "study_name": study.study_name,
@@ -250,6 +279,8 @@ class OptunaSweeperImpl(Sweeper):
         in_flight: dict[Future, tuple[optuna.Trial, int]] = {}  # a parallel trial and its slot
         running: dict[int, optuna.Trial] = {}  # every trial asked for and not yet told, by number
         waiting_logged = False
+        deadline = time.monotonic() + self.timeout if self.timeout else None  # as Optuna's optimize(timeout=)
+        timed_out = False
         pool = ThreadPoolExecutor(slots)
         with budget.Heartbeat(study._storage, self.heartbeat_interval) as beat:  # public API has no accessor
             try:
@@ -257,6 +288,11 @@ class OptunaSweeperImpl(Sweeper):
                     fail_stale_trials(study)
                     stop = self._failures_exceeded(study, n_trials)
                     while not stop and len(in_flight) < slots:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            if not timed_out:
+                                log.info("timeout of %gs reached: no new trial starts", self.timeout)
+                            timed_out = True
+                            break
                         trial = self._ask(study, distributions, n_trials)
                         if trial is None:
                             break
@@ -279,6 +315,8 @@ class OptunaSweeperImpl(Sweeper):
                         continue
                     if stop:
                         raise SweepFailed(stop)
+                    if timed_out:
+                        break
                     if budget.has_waiting(study):  # a retry queued meanwhile (e.g. by another worker)
                         continue
                     others = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
@@ -308,6 +346,15 @@ class OptunaSweeperImpl(Sweeper):
             trial.set_user_attr(budget.OVER_BUDGET, True)
             tell(study, trial, state=TrialState.FAIL)
             return None
+        if self.custom_search_space is not None:
+            try:
+                self.custom_search_space(self.config, trial)
+                for key in set(trial.params) - set(distributions):  # a key the hook made up fails here, not in Hydra
+                    if key[0] not in "+~" and OmegaConf.select(self.config, key, default=_MISSING) is _MISSING:
+                        raise SearchSpaceError(f"custom_search_space: {unknown_key_message(key, self.config)}")
+            except BaseException:
+                tell(study, trial, state=TrialState.FAIL)
+                raise
         return trial
 
     def _launch(self, overrides: list[str], number: int) -> Any:
