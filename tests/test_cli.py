@@ -101,6 +101,7 @@ def test_a_single_run_on_a_missing_folder_says_what_to_pass(tmp_path):
     _assert_compact(proc, "data.source=/no/such/dir is not a directory", "<Genre>.zip")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["kind=nope"], "kind='nope'; choose one of finetune, knn, lr_find"), (["model=knn"], "use kind=knn or")],

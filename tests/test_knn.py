@@ -85,6 +85,7 @@ def test_classify_with_k_above_gallery_size():
     assert np.allclose(probs, [[0.25, 0.75]])
 
 
+@pytest.mark.slow
 def test_knn_baseline_on_cifar_beats_chance(make_cfg, cifar_covers):
     cfg = make_cfg(
         "experiment=knn",

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from covers.run.finetune import run_name, train
-from covers.training.loop import NonFiniteLossError, train_one_epoch
+from covers.training.loop import NonFiniteLossError, fit, train_one_epoch
 from covers.training.runtime import create_runtime, to_device
 
 
@@ -90,3 +90,44 @@ def test_nan_loss_stops_the_epoch_before_its_update_and_names_the_batch():
     with pytest.raises(NonFiniteLossError, match=r"in images 8-12 "):
         train_one_epoch(model, batches, loss_fn, opt, None, create_runtime("cpu", "fp32"))
     assert len(calls) == 3 and all(torch.isfinite(p).all() for p in model.parameters())  # no NaN update applied
+
+
+def _fit_tiny(ema_decay):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    initial = {k: v.clone() for k, v in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.CrossEntropyLoss()
+    result = fit(model, batches, batches[:1], loss, opt, None, 1, create_runtime("cpu", "fp32"), ema_decay=ema_decay)
+    return model, initial, result
+
+
+def test_ema_weights_are_what_is_validated_and_kept():
+    model, initial, result = _fit_tiny(None)
+    raw = dict(model.named_parameters())
+    assert all(torch.equal(result.best_state[k], raw[k].detach()) for k in raw)  # no EMA: the trained weights
+    model, initial, result = _fit_tiny(1.0)  # an average that never moves: the kept weights are the initial ones
+    trained = dict(model.named_parameters())
+    assert all(torch.equal(result.best_state[k], initial[k]) for k in initial)
+    assert any(not torch.equal(trained[k].detach(), initial[k]) for k in initial)  # the raw weights did train
+    _, _, halfway = _fit_tiny(0.5)  # between the two, and different from both
+    k = "fc.weight"
+    assert not torch.equal(halfway.best_state[k], initial[k]) and not torch.equal(halfway.best_state[k], trained[k])
+
+
+@pytest.mark.slow
+def test_ema_decay_in_the_config_reaches_the_logged_model(make_cfg, tmp_path):
+    def logged(decay: str) -> dict[str, torch.Tensor]:
+        cfg = make_cfg(f"trainer.ema_decay={decay}", "model.weights=none", "model.name=resnet18")
+        out = train(cfg)
+        client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+        assert client.get_run(out["run_id"]).data.params["trainer.ema_decay"] == {"null": "None"}.get(decay, decay)
+        local = client.download_artifacts(out["run_id"], "model", str(tmp_path / decay))
+        return torch.load(f"{local}/state_dict.pt", weights_only=True)
+
+    raw, copy, frozen = logged("null"), logged("0.0"), logged("1.0")  # the same seed: the same training
+    weights = [k for k in raw if k.endswith(".weight")]
+    assert all(torch.allclose(copy[k], raw[k], atol=1e-6) for k in weights)  # decay 0: the average is the model
+    assert not torch.allclose(frozen["fc.weight"], raw["fc.weight"])  # decay 1: the average never moved

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -44,8 +45,10 @@ def train_one_epoch(
     rt: Runtime,
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
+    ema: ModelEmaV3 | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image).
+    """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image). An
+    ``ema`` of the weights is updated after every step.
 
     The sums and a NaN/inf flag stay on the device. Reading a CUDA value back waits for all the work queued so far,
     so a GPU loop reads the flag every ``GPU_CHECK_EVERY`` steps and at the end (a non-finite loss stops the run
@@ -81,6 +84,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:
+            ema.update(model)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -138,23 +143,28 @@ def fit(
     rt: Runtime,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     result: FitResult | None = None,
+    ema_decay: float | None = None,
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``
     with ``epoch`` counted from 1 (as in the log line, MLflow's steps, Optuna's and ``summary/best_epoch``).
 
     ``metrics`` holds ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``val_balanced_acc``, ``lr`` and
     ``epoch_time_s``. A callback may raise to stop early (pruning): pass your own ``result`` to keep what was
-    reached. Best-epoch weights stay on the CPU."""
+    reached. Best-epoch weights stay on the CPU. With ``ema_decay``, an exponential moving average of the weights
+    (timm's ``ModelEmaV3``) is updated after every step, and validation and the best-epoch weights are the
+    average's."""
     rt.place(model)
     loss_fn.to(rt.device)
     scaler = rt.grad_scaler()
     result = FitResult() if result is None else result
+    ema = ModelEmaV3(model, decay=float(ema_decay)) if ema_decay is not None else None
+    evaluated = ema.module if ema is not None else model
     for epoch in range(epochs):
         start = time.perf_counter()
         tr = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}"
+            model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}", ema
         )
-        va = evaluate(model, val_loader, loss_fn, rt)
+        va = evaluate(evaluated, val_loader, loss_fn, rt)
         metrics = {  # val_acc first: MLflow's compare view colours its parallel-coordinates plot by the first metric
             "val_acc": va["acc"],
             "val_loss": va["loss"],
@@ -168,7 +178,7 @@ def fit(
         log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if va["acc"] > result.best_val_acc:
             result.best_epoch, result.best_val_acc = epoch, va["acc"]
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
             result.best_val_pred, result.val_target = va["pred"], va["target"]
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
