@@ -22,7 +22,7 @@ from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
 from covers.training.loop import FitResult, fit
 from covers.training.losses import resolve_class_weights
-from covers.training.lr_finder import find_lr, log_lr_find
+from covers.training.lr_finder import LRFindResult, find_lr, log_lr_find
 from covers.training.metrics import classification_metrics
 from covers.training.optim import create_scheduler
 
@@ -75,14 +75,19 @@ def build_training(cfg: DictConfig, ctx: RunContext) -> Training:
     return Training(model, loss_fn, train_loader, val_loader)
 
 
+def range_test(cfg: DictConfig, parts: Training, ctx: RunContext) -> LRFindResult:
+    """The lr range test (``lr_find`` settings) on the run's model, loss and training data, with the configured
+    optimiser; the model's weights are restored afterwards."""
+    make_optimizer = instantiate(cfg.optim.optimizer)
+    return find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, ctx.rt, cfg.lr_find)
+
+
 def learning_rate(cfg: DictConfig, parts: Training, ctx: RunContext) -> float:
     """``optim.lr``, or with ``lr_find.enabled`` the lr finder's ``lr_find.suggestion`` (logged as param
     ``optim.lr_found``)."""
     if not cfg.lr_find.enabled:
         return float(cfg.optim.lr)
-    make_optimizer = instantiate(cfg.optim.optimizer)
-    result = find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, ctx.rt, cfg.lr_find)
-    return log_lr_find(result, cfg.lr_find.suggestion)
+    return log_lr_find(range_test(cfg, parts, ctx), cfg.lr_find.suggestion)
 
 
 def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: dict, with_model: bool = True) -> None:

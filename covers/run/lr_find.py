@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from covers.run.context import build_context, tracked_run
-from covers.run.finetune import build_training
+from covers.run.finetune import build_training, range_test
 from covers.run.record import log_run_record
-from covers.training.lr_finder import find_lr, log_lr_find
+from covers.training.lr_finder import log_lr_find
 
 
 def run_lr_find(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
@@ -19,8 +18,6 @@ def run_lr_find(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     with tracked_run(cfg, f"lr-find {cfg.model.name}", **{"covers.kind": "lr_find"}) as run:
         ctx = build_context(cfg)
         log_run_record(cfg, ctx.bundle, ctx.spec)
-        parts = build_training(cfg, ctx)
-        make_optimizer = instantiate(cfg.optim.optimizer)
-        result = find_lr(parts.model, parts.train_loader, parts.loss_fn, make_optimizer, ctx.rt, cfg.lr_find)
+        result = range_test(cfg, build_training(cfg, ctx), ctx)
         log_lr_find(result, cfg.lr_find.suggestion)
     return {"suggestions": result.suggestions, "run_id": run.info.run_id}

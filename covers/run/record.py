@@ -22,10 +22,9 @@ NOT_PARAMS = ("trial.", "hydra.", "promote.", "paths.", "audit.", "clean.")
 INSTANTIATE_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-def run_params(cfg: DictConfig, bundle: DataBundle, spec: dict[str, Any], groups: list[str] | None = None) -> dict:
-    """The params of a run: the resolved config's values (of ``groups`` only, when given) without
+def run_params(resolved: dict, bundle: DataBundle, spec: dict[str, Any], groups: list[str] | None = None) -> dict:
+    """The params of a run: the ``resolved`` config's values (of ``groups`` only, when given) without
     :data:`NOT_PARAMS` and Hydra's instantiation keys, plus facts of the data it trained on."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     if groups is not None:
         resolved = {k: v for k, v in resolved.items() if k in groups}
     params = {
@@ -49,8 +48,8 @@ def run_params(cfg: DictConfig, bundle: DataBundle, spec: dict[str, Any], groups
 
 def log_run_record(cfg: DictConfig, bundle: DataBundle, spec: dict[str, Any], groups: list[str] | None = None) -> None:
     """Params (:func:`run_params`) and the resolved config, Hydra's overrides and the manifest as artifacts."""
-    runs.log_params(run_params(cfg, bundle, spec, groups))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    runs.log_params(run_params(resolved, bundle, spec, groups))
     # the trial's values as the sweeper handed them: a storage password read from the environment stays a reference
     resolved["trial"] = OmegaConf.to_container(cfg.trial, resolve=False)
     text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)

@@ -148,10 +148,14 @@ class OptunaSweeperImpl(Sweeper):
         """Distributions and fixed overrides from ``params:`` plus command-line sweep arguments; keys checked."""
         distributions, fixed = parse_params([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         for key in distributions:
-            if key[0] not in "+~" and OmegaConf.select(self.config, key, default=_MISSING) is _MISSING:
-                raise SearchSpaceError(unknown_key_message(key, self.config))
+            self._check_key(key)
         self.enqueue = check_enqueued(self.enqueue, distributions)  # before any trial: a typo stops the sweep
         return distributions, fixed
+
+    def _check_key(self, key: str, where: str = "") -> None:
+        """A searched key must be a key of the config (``+key`` adds one, ``~key`` removes one)."""
+        if key[0] not in "+~" and OmegaConf.select(self.config, key, default=_MISSING) is _MISSING:
+            raise SearchSpaceError(where + unknown_key_message(key, self.config))
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
@@ -161,8 +165,7 @@ class OptunaSweeperImpl(Sweeper):
             storage = open_storage(
                 self.storage_url, self.heartbeat_interval, self.grace_period, on_stale, sqlite_wal=self.sqlite_wal
             )
-            if self.warm_start_from:
-                check_source(storage, self.warm_start_from, self.direction)
+            earlier = check_source(storage, self.warm_start_from, self.direction) if self.warm_start_from else None
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=storage,
@@ -171,8 +174,8 @@ class OptunaSweeperImpl(Sweeper):
                 direction=self.direction,
                 load_if_exists=True,
             )
-            if self.warm_start_from:
-                add_history(study, storage, self.warm_start_from, distributions)
+            if earlier is not None:
+                add_history(study, earlier, distributions)
             for params in self.enqueue:  # warm start: run first, in order; one already in the study is not repeated
                 study.enqueue_trial(params, skip_if_exists=True)
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective, not "Objective 0"
@@ -350,8 +353,7 @@ class OptunaSweeperImpl(Sweeper):
             try:
                 self.custom_search_space(self.config, trial)
                 for key in set(trial.params) - set(distributions):  # a key the hook made up fails here, not in Hydra
-                    if key[0] not in "+~" and OmegaConf.select(self.config, key, default=_MISSING) is _MISSING:
-                        raise SearchSpaceError(f"custom_search_space: {unknown_key_message(key, self.config)}")
+                    self._check_key(key, "custom_search_space: ")
             except BaseException:
                 tell(study, trial, state=TrialState.FAIL)
                 raise

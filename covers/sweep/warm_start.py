@@ -17,8 +17,9 @@ from covers.sweep.search_space import SearchSpaceError, contains
 log = logging.getLogger(__name__)
 
 
-def check_source(storage: BaseStorage | None, source: str, direction: str) -> None:
-    """Refuse (one line, before any trial) a source study that is not in ``storage`` or optimises the other way."""
+def check_source(storage: BaseStorage | None, source: str, direction: str) -> optuna.Study:
+    """The earlier study ``source``; refused (one line, before any trial) when it is not in ``storage`` or
+    optimises the other way."""
     if storage is None:
         raise SearchSpaceError(f"hydra.sweeper.warm_start_from={source} needs hydra.sweeper.storage")
     names = optuna.get_all_study_names(storage)
@@ -26,19 +27,19 @@ def check_source(storage: BaseStorage | None, source: str, direction: str) -> No
         raise SearchSpaceError(
             f"hydra.sweeper.warm_start_from={source}: no such study in the storage (studies: {', '.join(names)})"
         )
-    other = optuna.load_study(study_name=source, storage=storage).direction.name.lower()
+    earlier = optuna.load_study(study_name=source, storage=storage)
+    other = earlier.direction.name.lower()
     if other != direction:
         raise SearchSpaceError(f"hydra.sweeper.warm_start_from={source}: it was to {other}, this sweep to {direction}")
+    return earlier
 
 
-def add_history(
-    study: optuna.Study, storage: BaseStorage, source: str, distributions: dict[str, BaseDistribution]
-) -> int:
-    """Add the complete trials of ``source`` whose values fit this search space (once per study: a resumed
-    sweep or another worker finds them there); the number added."""
+def add_history(study: optuna.Study, earlier: optuna.Study, distributions: dict[str, BaseDistribution]) -> int:
+    """Add the complete trials of the ``earlier`` study whose values fit this search space (once per study: a
+    resumed sweep or another worker finds them there); the number added."""
+    source = earlier.study_name
     if study.user_attrs.get(WARM_START) == source:
         return 0
-    earlier = optuna.load_study(study_name=source, storage=storage)
     history, skipped = [], 0
     for t in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         fits = t.params and all(k in distributions and contains(distributions[k], v) for k, v in t.params.items())
