@@ -161,3 +161,14 @@ def test_dropout_and_drop_path_rates_reach_the_model():
     assert model.drop_rate == 0.3 and probs and 0 < max(probs) <= 0.2  # timm scales it up along the depth
     plain = create_model("tf_efficientnet_lite0", 3, weights="none", drop_path_rate=0.0)
     assert not [m for m in plain.modules() if isinstance(m, timm.layers.DropPath)]
+
+
+def test_focal_with_one_hot_probabilities_equals_class_indices():
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
+    one_hot = F.one_hot(target, 4).float()
+    for gamma, alpha in ((0.0, None), (2.0, None), (2.0, [0.5, 1.0, 2.0, 1.5])):
+        loss = FocalLoss(gamma=gamma, alpha=alpha)
+        assert torch.allclose(loss(logits, one_hot), loss(logits, target), atol=1e-6)
+    mixed = 0.7 * one_hot + 0.3 * one_hot.flip(0)  # a soft target is the same mix of the two losses at gamma 0
+    fl = FocalLoss(gamma=0.0, reduction="none")
+    assert torch.allclose(fl(logits, mixed), 0.7 * fl(logits, target) + 0.3 * fl(logits, target.flip(0)), atol=1e-6)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import timm
 import torch
@@ -131,3 +132,36 @@ def test_ema_decay_in_the_config_reaches_the_logged_model(make_cfg, tmp_path):
     weights = [k for k in raw if k.endswith(".weight")]
     assert all(torch.allclose(copy[k], raw[k], atol=1e-6) for k in weights)  # decay 0: the average is the model
     assert not torch.allclose(frozen["fc.weight"], raw["fc.weight"])  # decay 1: the average never moved
+
+
+def test_mixup_mixes_images_and_labels_and_cutmix_pastes_patches():
+    from covers.training.mixing import create_mixup
+
+    assert create_mixup(3) is None  # both alphas 0: off
+    with pytest.raises(ValueError, match="even"):
+        create_mixup(3, mixup_alpha=0.2, batch_size=5)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(0)
+    np.random.seed(0)  # timm draws lambda from numpy
+    mixed, soft = create_mixup(3, mixup_alpha=1.0)(x.clone(), y)
+    lam = soft[0, 0].item()  # image 0 (class 0) is mixed with image 3 (class 0): all of its mass on class 0
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
+    assert 0 < soft[1, 1] < 1 and torch.isclose(soft[1, 1] + soft[1, 2], torch.tensor(1.0))  # classes 1 and 2
+    assert lam == 1.0 and torch.allclose(mixed[1], soft[1, 1] * x[1] + soft[1, 2] * x[2], atol=1e-5)
+    cut, soft = create_mixup(3, cutmix_alpha=1.0)(x.clone(), y)
+    from_self, from_pair = cut[1] == x[1], cut[1] == x[2]  # every pixel is one image's or its pair's
+    assert torch.all(from_self | from_pair) and 0 < soft[1, 1] < 1
+
+
+def test_training_with_mixup_counts_accuracy_on_the_larger_label():
+    from covers.training.mixing import create_mixup
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    batches = [(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1]))] * 2
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = torch.nn.CrossEntropyLoss()
+    out = train_one_epoch(
+        model, batches, loss, opt, None, create_runtime("cpu", "fp32"), mix=create_mixup(3, mixup_alpha=0.4)
+    )
+    assert 0 <= out["acc"] <= 1 and out["loss"] > 0

@@ -23,9 +23,14 @@ def create_train_transform(
     scale: Sequence[float] | None = None,
     rotate: float = 0.0,
     color_jitter: float = 0.0,
+    erase: float = 0.0,
     seed: int | None = None,
 ) -> A.Compose:
     """Training transform; with every knob at zero it equals :func:`create_eval_transform` (preset ``none``).
+
+    ``scale``: RandomResizedCrop's area range (None: plain resize); ``rotate``: max degrees (half the images);
+    ``color_jitter``: brightness/contrast/saturation strength (hue a quarter of it); ``erase``: the probability of
+    blanking 1-3 random rectangles (CoarseDropout, random erasing).
 
     Albumentations draws from its own generators, not torch's or numpy's global ones: ``seed`` makes the draws
     repeatable (DataLoader workers re-seed their copy, :func:`covers.data.loaders.seed_worker`)."""
@@ -41,5 +46,11 @@ def create_train_transform(
     if color_jitter > 0:
         j = color_jitter
         ops.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))
+    if erase > 0:
+        ops.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 3), hole_height_range=(0.1, 0.25), hole_width_range=(0.1, 0.25), p=erase
+            )
+        )
     ops.append(ToTensorV2())
     return A.Compose(ops, seed=seed)

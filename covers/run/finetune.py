@@ -157,6 +157,7 @@ def _fit(cfg: DictConfig, ctx: RunContext, callbacks: list) -> FitResult:
             on_epoch_end=runs.epoch_logger(*callbacks),
             result=result,
             ema_decay=cfg.trainer.get("ema_decay"),
+            mix=instantiate(cfg.mixup)(len(ctx.bundle.classes), batch_size=cfg.data.batch_size),
         )
     except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)
         name = f"{run_name(cfg)} (pruned at epoch {len(result.history)})"

@@ -20,7 +20,7 @@ from covers.tracking import runs
 log = logging.getLogger(__name__)
 
 # config groups that mean nothing to a model that is not trained; left out of the run's params
-UNUSED_GROUPS = ("optim", "loss", "freeze", "aug", "lr_find", "promote")
+UNUSED_GROUPS = ("optim", "loss", "freeze", "aug", "mixup", "lr_find", "promote")
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -46,9 +46,11 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     ema: ModelEmaV3 | None = None,
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns ``{"loss", "acc", "lr"}`` (loss and accuracy averaged per image). An
-    ``ema`` of the weights is updated after every step.
+    ``ema`` of the weights is updated after every step. ``mix`` (timm's ``Mixup``) turns each batch into mixed
+    images and class-probability targets; accuracy then counts the larger of each image's two labels.
 
     The sums and a NaN/inf flag stay on the device. Reading a CUDA value back waits for all the work queued so far,
     so a GPU loop reads the flag every ``GPU_CHECK_EVERY`` steps and at the end (a non-finite loss stops the run
@@ -69,6 +71,8 @@ def train_one_epoch(
 
     for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
         x, y = to_device(x, rt), y.to(rt.device, non_blocking=True)
+        if mix is not None:
+            x, y = mix(x, y)
         with rt.autocast():
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -90,7 +94,7 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         total_loss += loss.detach().float() * n
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == (y.argmax(1) if y.ndim > 1 else y)).sum()
         seen += n
     check(seen)
     n = max(seen, 1)
@@ -144,6 +148,7 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     result: FitResult | None = None,
     ema_decay: float | None = None,
+    mix: Callable | None = None,
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``
     with ``epoch`` counted from 1 (as in the log line, MLflow's steps, Optuna's and ``summary/best_epoch``).
@@ -152,7 +157,7 @@ def fit(
     ``epoch_time_s``. A callback may raise to stop early (pruning): pass your own ``result`` to keep what was
     reached. Best-epoch weights stay on the CPU. With ``ema_decay``, an exponential moving average of the weights
     (timm's ``ModelEmaV3``) is updated after every step, and validation and the best-epoch weights are the
-    average's."""
+    average's. ``mix`` mixes training batches (:func:`train_one_epoch`)."""
     rt.place(model)
     loss_fn.to(rt.device)
     scaler = rt.grad_scaler()
@@ -162,7 +167,7 @@ def fit(
     for epoch in range(epochs):
         start = time.perf_counter()
         tr = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}", ema
+            model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}", ema, mix
         )
         va = evaluate(evaluated, val_loader, loss_fn, rt)
         metrics = {  # val_acc first: MLflow's compare view colours its parallel-coordinates plot by the first metric

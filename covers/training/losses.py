@@ -14,7 +14,9 @@ from torch import nn
 class FocalLoss(nn.Module):
     """Multi-class focal loss (Lin et al. 2017): ``-alpha_y (1 - p_y)^gamma log p_y``.
 
-    ``gamma=0`` and no ``alpha`` is exactly cross-entropy. ``alpha`` is an optional per-class weight."""
+    ``gamma=0`` and no ``alpha`` is exactly cross-entropy. ``alpha`` is an optional per-class weight. Targets are
+    class indices or, from Mixup/CutMix, class probabilities ``t``: then ``-sum_c t_c alpha_c (1 - p_c)^gamma log
+    p_c``, which is the same for one-hot ``t``."""
 
     def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None, reduction: str = "mean") -> None:
         super().__init__()
@@ -25,10 +27,14 @@ class FocalLoss(nn.Module):
         self.register_buffer("alpha", _weight_tensor(alpha, "alpha"))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None]).squeeze(1)
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        soft = target.is_floating_point()
+        if not soft:
+            log_p = log_p.gather(1, target[:, None])
         loss = -((1.0 - log_p.exp()).clamp(min=0) ** self.gamma) * log_p if self.gamma else -log_p
         if self.alpha is not None:
-            loss = loss * self.alpha.to(loss.device)[target]
+            loss = loss * (self.alpha.to(loss.device) if soft else self.alpha.to(loss.device)[target][:, None])
+        loss = (loss * target.float()).sum(1) if soft else loss.squeeze(1)
         if self.reduction == "mean":
             return loss.mean()
         return loss.sum() if self.reduction == "sum" else loss
