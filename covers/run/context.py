@@ -115,13 +115,17 @@ def sweep_trial(cfg: DictConfig, epochs: int) -> Iterator[TrialReporter | None]:
 @contextmanager
 def tracked_run(cfg: DictConfig, name: str, reporter: TrialReporter | None = None, **tags: Any) -> Iterator[Any]:
     """The MLflow run of one run kind: tagged as trial or single run, linked to its Optuna trial. Anything raised
-    inside ends it FAILED with its traceback; a pruned trial ends FINISHED."""
+    inside ends it FAILED with its traceback; a pruned trial ends FINISHED. A promoted configuration's later rung
+    (``trial.resume_run_id``) continues its earlier rungs' run, tagged with its rung and latest trial number."""
     t = cfg.tracking
     runs.setup_tracking(t.uri, t.experiment, t.artifact_root, t.get("sqlite_wal", True))
     tags = {"covers.kind": "single", "model": cfg.model.name, "data": cfg.data.name, **tags}
     if cfg.trial.number is not None:
         tags.update({"covers.kind": "trial", "study_name": cfg.trial.study_name, "trial_number": cfg.trial.number})
-    with runs.start_run(name, cfg.trial.parent_run_id, tags, ended_early=(optuna.TrialPruned,)) as run:
+    if cfg.trial.get("rung") is not None:
+        tags["asha_rung"] = cfg.trial.rung
+    resume = cfg.trial.get("resume_run_id")
+    with runs.start_run(name, cfg.trial.parent_run_id, tags, (optuna.TrialPruned,), run_id=resume) as run:
         if reporter is not None:
             reporter.trial.set_user_attr("mlflow_run_id", run.info.run_id)
         yield run

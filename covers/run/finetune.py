@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from covers.reporting.figures import plot_confusion_matrix, plot_learning_curves
 from covers.run.context import RunContext, build_context, loader_workers, trial_and_run
 from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
+from covers.training.checkpoint import load_checkpoint, save_checkpoint
 from covers.training.loop import FitResult, fit
 from covers.training.losses import resolve_class_weights
 from covers.training.lr_finder import LRFindResult, find_lr, log_lr_find
@@ -37,6 +39,8 @@ def run_name(cfg: DictConfig) -> str:
     if "gamma" in cfg.loss:
         parts.append(f"γ={cfg.loss.gamma:.2g}")
     parts.append(f"frozen={cfg.freeze.n_frozen}")
+    if cfg.trial.get("rung") is not None:  # multi-fidelity: the configuration's rung (ep is its total)
+        parts.append(f"rung={cfg.trial.rung}")
     return " ".join(parts)
 
 
@@ -112,7 +116,10 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: di
         fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
         runs.log_figure(fig, "plots/val_confusion_matrix.png")
     if with_model and cfg.tracking.log_model and result.best_state is not None:
-        meta = model_meta(cfg.model.name, bundle, spec, result.best_epoch + 1, result.best_val_acc)
+        size = result.history[result.best_epoch].get("image_size", spec["image_size"])  # rungs change it
+        meta = model_meta(
+            cfg.model.name, bundle, {**spec, "image_size": size}, result.best_epoch + 1, result.best_val_acc
+        )
         with runs.artifact_dir("model") as tmp:
             torch.save(result.best_state, tmp / "state_dict.pt")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -125,7 +132,8 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     The MLflow run opens first, so any failure (data, model, training) ends it FAILED with its traceback."""
     with trial_and_run(cfg, run_name(cfg), int(cfg.trainer.epochs)) as (reporter, run):
         ctx = build_context(cfg)
-        log_run_record(cfg, ctx.bundle, ctx.spec)
+        if not cfg.trial.get("resume_run_id"):  # a continued run has its params (those of its first rung)
+            log_run_record(cfg, ctx.bundle, ctx.spec)
         result = _fit(cfg, ctx, [reporter, on_epoch_end])
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
@@ -137,13 +145,40 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     }
 
 
+CHECKPOINT = "checkpoint/last.pt"  # the run's checkpoint artifact (multi-fidelity: the next rung starts from it)
+
+
+def _start(cfg: DictConfig, parts: Training, ctx: RunContext) -> tuple[torch.optim.Optimizer, FitResult, float]:
+    """The optimiser, the fit so far and the base lr: fresh, or from the checkpoint of ``trial.resume_run_id``."""
+    resume = cfg.trial.get("resume_run_id")
+    lr = float(cfg.optim.lr) if resume else learning_rate(cfg, parts, ctx)
+    optimizer = instantiate(cfg.optim.optimizer)(parts.model, lr=lr)
+    if not resume:
+        return optimizer, FitResult(), lr
+    path = mlflow.artifacts.download_artifacts(run_id=resume, artifact_path=CHECKPOINT)
+    result, lr = load_checkpoint(path, parts.model, optimizer)
+    mlflow.set_tag("resumed_from", f"epoch {len(result.history)}, checkpoint sha256 {_sha256(path)}")
+    log.info("continuing run %s from epoch %d (%s)", resume, len(result.history), CHECKPOINT)
+    return optimizer, result, lr
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _fit(cfg: DictConfig, ctx: RunContext, callbacks: list) -> FitResult:
     parts = build_training(cfg, ctx)
-    lr = learning_rate(cfg, parts, ctx)
-    optimizer = instantiate(cfg.optim.optimizer)(parts.model, lr=lr)
-    steps = cfg.trainer.epochs * len(parts.train_loader)
+    optimizer, result, lr = _start(cfg, parts, ctx)
+    start = len(result.history)
+    steps = (cfg.trainer.epochs - start) * len(parts.train_loader)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, lr, cfg.optim.warmup_pct)
-    result = FitResult()
+    log_epoch = runs.epoch_logger(*callbacks)
+
+    def on_epoch_end(epoch: int, metrics: dict) -> None:  # each epoch's image size (it changes across rungs)
+        metrics["image_size"] = ctx.spec["image_size"]
+        log_epoch(epoch, metrics)
+
     try:
         fit(
             parts.model,
@@ -154,10 +189,11 @@ def _fit(cfg: DictConfig, ctx: RunContext, callbacks: list) -> FitResult:
             scheduler,
             cfg.trainer.epochs,
             ctx.rt,
-            on_epoch_end=runs.epoch_logger(*callbacks),
+            on_epoch_end=on_epoch_end,
             result=result,
             ema_decay=cfg.trainer.get("ema_decay"),
             mix=instantiate(cfg.mixup)(len(ctx.bundle.classes), batch_size=cfg.data.batch_size),
+            start_epoch=start,
         )
     except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)
         name = f"{run_name(cfg)} (pruned at epoch {len(result.history)})"
@@ -165,4 +201,7 @@ def _fit(cfg: DictConfig, ctx: RunContext, callbacks: list) -> FitResult:
         log_results(cfg, result, ctx.bundle, ctx.spec, with_model=False)
         raise
     log_results(cfg, result, ctx.bundle, ctx.spec)
+    if cfg.trial.get("checkpoint"):  # a rung that may be promoted: the next one continues from here
+        with runs.artifact_dir("checkpoint") as tmp:
+            save_checkpoint(tmp / "last.pt", parts.model, optimizer, result, lr)
     return result

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 RETRY_OF = "retry_of"
 OVER_BUDGET = "over_budget"
 WARM_START = "warm_start_from"  # a finished trial of an earlier study, added as history for the sampler
+# multi-fidelity (covers.sweep.asha): a promoted configuration's next rung is not a new configuration
+CONTINUES = "asha_continues"  # the trial whose configuration this one continues
+RUNG = "asha_rung"  # the rung (from 0) a trial trains to
+RESUME_RUN = "asha_resume_run_id"  # the MLflow run (with its checkpoint) a later rung continues
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -21,9 +25,9 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
 
 
-def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that spend the budget: all states, except retried failures, over-budget leftovers and the history
-    added from an earlier study (``warm_start_from``)."""
+def own(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials this study ran itself: all states, except retried failures, over-budget leftovers and the
+    history added from an earlier study (``warm_start_from``)."""
     replaced = retried_numbers(trials)
     return [
         t
@@ -32,9 +36,16 @@ def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that spend the ``n_trials`` budget: the configurations this study ran (:func:`own`), each once; the
+    later rungs of a promoted configuration (ASHA) are not new ones."""
+    return [t for t in own(trials) if CONTINUES not in t.user_attrs]
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial this study ran itself (never a warm-start trial), or None."""
-    done = [t for t in counted(study.get_trials(deepcopy=False)) if t.state == TrialState.COMPLETE]
+    """The best complete trial this study ran itself (never a warm-start trial; a promoted configuration's later
+    rung counts), or None."""
+    done = [t for t in own(study.get_trials(deepcopy=False)) if t.state == TrialState.COMPLETE]
     if not done:
         return None
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
@@ -51,11 +62,16 @@ def has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
+# user attributes a retry keeps: what the trial was to do (e.g. which rung of which configuration)
+KEPT_BY_RETRY = (RUNG, CONTINUES, RESUME_RUN)
+
+
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue a failed/interrupted trial's parameters once more (a retry is never retried again)."""
     if RETRY_OF in trial.user_attrs or not trial.params:
         return
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+    kept = {k: trial.user_attrs[k] for k in KEPT_BY_RETRY if k in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, **kept}, skip_if_exists=False)
     log.warning("trial %d will be retried with the same parameters", trial.number)
 
 

@@ -11,7 +11,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from covers.sweep.budget import best_trial, counted
+from covers.sweep.budget import best_trial, counted, own
 
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -43,6 +43,9 @@ def summary_lines(
     words = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     counts = ", ".join(f"{states[state]} {word}" for state, word in words.items())
     lines = [f"sweep {study.study_name} done: {len(trials)} trials ({counts})"]
+    later = len(own(study.get_trials(deepcopy=False))) - len(trials)
+    if later:  # multi-fidelity: promoted configurations' later rungs
+        lines[0] += f", and {later} later rungs of promoted trials"
     best = best_trial(study)
     if best is not None:
         lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from covers.sweep import budget
+from covers.sweep.asha import PromotionASHA
 from covers.sweep.devices import slot_devices
 from covers.sweep.outcome import format_params, summary_lines, write_results
 from covers.sweep.recovery import stale_trial_callback
@@ -109,6 +110,7 @@ class OptunaSweeperImpl(Sweeper):
         enqueue: Any = None,
         warm_start_from: str | None = None,
         custom_search_space: str | None = None,
+        scheduler: PromotionASHA | None = None,
         params: DictConfig | None = None,
         mlflow: DictConfig | None = None,
         sqlite_wal: bool = True,
@@ -125,6 +127,7 @@ class OptunaSweeperImpl(Sweeper):
         # define-by-run parameters (e.g. gamma only for the focal loss): a function (cfg, trial) -> None, as in
         # hydra-optuna-sweeper; it runs after the sampler has drawn the params: values
         self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
+        self.scheduler = scheduler  # multi-fidelity with promotion (hydra/sweeper/scheduler=asha), or None
         self.enqueue = OmegaConf.to_container(enqueue, resolve=True) if OmegaConf.is_config(enqueue) else enqueue or []
         self.mlflow_cfg = mlflow
         self.sqlite_wal = bool(sqlite_wal)
@@ -149,6 +152,8 @@ class OptunaSweeperImpl(Sweeper):
         distributions, fixed = parse_params([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         for key in distributions:
             self._check_key(key)
+        if self.scheduler is not None:
+            self.scheduler.check_space(distributions)
         self.enqueue = check_enqueued(self.enqueue, distributions)  # before any trial: a typo stops the sweep
         return distributions, fixed
 
@@ -207,6 +212,7 @@ class OptunaSweeperImpl(Sweeper):
             "timeout_s": self.timeout,
             "enqueued": len(self.enqueue),
             "warm_start_from": self.warm_start_from,
+            "scheduler": self.scheduler.describe() if self.scheduler is not None else None,
             "n_jobs": self.n_jobs,
             "direction": self.direction,
             "study_name": study.study_name,
@@ -301,7 +307,8 @@ class OptunaSweeperImpl(Sweeper):
                             break
                         running[trial.number] = trial
                         beat.add(trial._trial_id)
-                        log.info("trial %d: %s", trial.number, format_params(trial.params))
+                        later = self.scheduler.label(trial.user_attrs) if self.scheduler is not None else ""
+                        log.info("trial %d: %s%s", trial.number, format_params(trial.params), later)
                         slot = min(set(range(slots)) - {s for _, s in in_flight.values()})
                         overrides = self._overrides(study, trial, fixed, parent, devices[slot])
                         if parallel:
@@ -338,14 +345,18 @@ class OptunaSweeperImpl(Sweeper):
                 pool.shutdown(wait=False)
 
     def _ask(self, study: optuna.Study, distributions: dict, n_trials: int) -> optuna.Trial | None:
-        """The next trial to run (a waiting retry first), or None when the study's budget is spent."""
+        """The next trial to run (a waiting retry or promotion first), or None when the study's budget is spent."""
+        if self.scheduler is not None:
+            with sqlite_init_lock(self.storage_url):  # one promotion decision at a time among this file's workers
+                self.scheduler.promote(study)
         if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
             return None
         with warnings.catch_warnings():  # heartbeats are recorded by this sweeper, not by Study.optimize
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = study.ask(fixed_distributions=distributions)
         ranks = sorted(t.number for t in budget.counted(study.get_trials(deepcopy=False)))
-        if trial.number not in ranks[:n_trials]:  # another worker took the last slot at the same moment
+        late = budget.CONTINUES not in trial.user_attrs and trial.number not in ranks[:n_trials]
+        if late:  # another worker took the last slot at the same moment
             trial.set_user_attr(budget.OVER_BUDGET, True)
             tell(study, trial, state=TrialState.FAIL)
             return None
@@ -404,6 +415,10 @@ class OptunaSweeperImpl(Sweeper):
         ]
         if parent:
             ov.append(f"trial.parent_run_id={parent}")
+        if self.scheduler is not None:  # the rung's epochs and image size (they replace fixed ones), its checkpoint
+            rung = self.scheduler.overrides(trial.user_attrs)
+            owned = {o.split("=", 1)[0] for o in rung}
+            ov = [o for o in ov if o.split("=", 1)[0] not in owned] + rung
         if device:  # this slot's GPU (covers.sweep.devices)
             ov.append(f"trainer.device={device}")
         return ov

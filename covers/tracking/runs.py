@@ -149,13 +149,16 @@ def start_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
     ended_early: tuple[type[BaseException], ...] = (),
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED (also when one of the ``ended_early`` exceptions, such as a pruned
     trial's, stops it: its message becomes tag ``stopped``), FAILED (traceback logged as ``error/traceback.txt``)
-    or KILLED (Ctrl-C, SIGTERM)."""
+    or KILLED (Ctrl-C, SIGTERM). With ``run_id``, that existing run is reopened (renamed, ``tags`` added) and
+    continued; it keeps its parent."""
     # tag values as strings: a tracking server's REST API rejects other types (a local SQLite store converts them)
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    parent = None if run_id else parent_run_id
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, parent_run_id=parent, tags=tags)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
         yield run

@@ -149,6 +149,7 @@ def fit(
     result: FitResult | None = None,
     ema_decay: float | None = None,
     mix: Callable | None = None,
+    start_epoch: int = 0,
 ) -> FitResult:
     """Train for ``epochs``; after each, evaluate on validation and call ``on_epoch_end(epoch, metrics)``
     with ``epoch`` counted from 1 (as in the log line, MLflow's steps, Optuna's and ``summary/best_epoch``).
@@ -157,14 +158,15 @@ def fit(
     ``epoch_time_s``. A callback may raise to stop early (pruning): pass your own ``result`` to keep what was
     reached. Best-epoch weights stay on the CPU. With ``ema_decay``, an exponential moving average of the weights
     (timm's ``ModelEmaV3``) is updated after every step, and validation and the best-epoch weights are the
-    average's. ``mix`` mixes training batches (:func:`train_one_epoch`)."""
+    average's. ``mix`` mixes training batches (:func:`train_one_epoch`). ``start_epoch`` continues a fit (a
+    checkpoint's ``result``, :mod:`covers.training.checkpoint`): epochs ``start_epoch + 1`` to ``epochs`` run."""
     rt.place(model)
     loss_fn.to(rt.device)
     scaler = rt.grad_scaler()
     result = FitResult() if result is None else result
     ema = ModelEmaV3(model, decay=float(ema_decay)) if ema_decay is not None else None
     evaluated = ema.module if ema is not None else model
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
         tr = train_one_epoch(
             model, train_loader, loss_fn, optimizer, scheduler, rt, scaler, f"epoch {epoch + 1}/{epochs}", ema, mix
