@@ -45,7 +45,7 @@ def summary_lines(
     lines = [f"sweep {study.study_name} done: {len(trials)} trials ({counts})"]
     later = len(own(study.get_trials(deepcopy=False))) - len(trials)
     if later:  # multi-fidelity: promoted configurations' later rungs
-        lines[0] += f", and {later} later rungs of promoted trials"
+        lines[0] += f", and {later} later rung{'s' if later > 1 else ''} of promoted trials"
     best = best_trial(study)
     if best is not None:
         lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")

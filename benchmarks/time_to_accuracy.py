@@ -1,0 +1,232 @@
+"""Time to accuracy: what each search strategy makes of the same wall-clock budget on real covers.
+
+    python -m benchmarks.time_to_accuracy --data discogs --budget-min 10                # every strategy, in turn
+    python -m benchmarks.time_to_accuracy --data discogs --budget-min 10 --only asha    # one piece (resumable)
+    python -m benchmarks.time_to_accuracy --data discogs --budget-min 10 --only default --seed 1
+    python -m benchmarks.time_to_accuracy --report                                      # table + plots so far
+    python -m benchmarks.time_to_accuracy --smoke                                       # demo data, correctness
+
+Strategies (:data:`STRATEGIES`): the kNN baseline and the default config (one run each), random search over the
+``hparams_search=real`` space (fixed epochs), TPE + median pruning over today's default space, TPE + ASHA
+(``hparams_search=real``), and ASHA warm-started from the earlier sweeps of the same data set and seed. Every
+piece is a real ``python experiments/run.py`` in a subprocess, in one work folder per data set (Optuna storage and
+MLflow store shared, so a warm start finds the earlier studies). Each records best-so-far validation accuracy
+against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
+accuracy of its best trial (``promote``: the test split is used once, at the end). Results are kept as JSON in
+``benchmarks/results/time_to_accuracy/<data>/`` and assembled by ``--report`` (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
+from benchmarks._timing import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy"
+DATA = {  # name -> the run's data overrides
+    "discogs": ["data=archives", "data.source=../shared/data/discogs-covers", "data.image_size=128"],
+    "cifar10": ["data=archives", "data.source=../shared/data/cifar10-covers", "data.image_size=128"],
+    "demo": ["data.demo.per_class=20", "data.image_size=32"],  # --smoke
+}
+SWEEP = ["hydra.sweeper.n_trials=1000"]  # the timeout is the budget
+REAL_FIXED = ["hparams_search=real", "hydra/sweeper/scheduler=none", "trainer.epochs=6"]
+STRATEGIES: dict[str, list[str]] = {
+    "knn": ["experiment=knn"],
+    "default": [],
+    "random": ["-m", *SWEEP, *REAL_FIXED, "hydra/sweeper/sampler=random"],
+    "tpe_median": ["-m", *SWEEP, "hparams_search=default"],
+    "asha": ["-m", *SWEEP, "hparams_search=real"],
+    "asha_warm": ["-m", *SWEEP, "hparams_search=real"],  # + warm_start_from and enqueue, see overrides()
+}
+# the default config's values of the hparams_search=real space: the warm start's first trial
+DEFAULTS = "{optim.lr:0.003,loss:focal,aug:default,mixup.mixup_alpha:0.0,freeze.n_frozen:0}"
+SMOKE = {  # tiny rungs and epochs for the demo data
+    "asha": ["hydra.sweeper.scheduler.rungs=[{epochs:1,image_size:32},{epochs:2,image_size:48}]"],
+    "other": ["trainer.epochs=1"],
+}
+
+
+def study_name(strategy: str, seed: int) -> str:
+    return f"tta-{strategy}-s{seed}"
+
+
+def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, smoke: bool) -> list[str]:
+    """The command line of one piece."""
+    ov = [*STRATEGIES[strategy], *DATA[data], f"paths.root_dir={work}", f"seed={seed}"]
+    if "-m" in ov:
+        ov += [
+            f"hydra.sweeper.timeout={budget_s:g}",
+            f"hydra.sweeper.study_name={study_name(strategy, seed)}",
+            f"hydra.sweeper.sampler.seed={seed}",
+            f"hydra.sweep.dir={work}/multirun/{strategy}-s{seed}",
+        ]
+    else:
+        ov.append(f"hydra.run.dir={work}/outputs/{strategy}-s{seed}")
+    if strategy == "asha_warm":  # the earlier sweeps' trials as history (those that fit the space), the default first
+        studies = optuna.get_all_study_names(f"sqlite:///{work}/mlruns/optuna.db")
+        earlier = [s for s in ("random", "asha") if study_name(s, seed) in studies]
+        if earlier:
+            ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed)}")
+        ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
+    if smoke:
+        ov += SMOKE["asha"] if "hparams_search=real" in ov and "hydra/sweeper/scheduler=none" not in ov else []
+        ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median") else []
+        ov += ["hydra.sweeper.n_trials=3"] if "-m" in ov else []
+    return ov
+
+
+def best_so_far(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``(seconds, value)`` points in time order -> the running maximum, one point per improvement."""
+    curve, best = [], -1.0
+    for t, v in sorted(points):
+        if v > best:
+            best = v
+            curve.append((round(t, 1), v))
+    return curve
+
+
+def trial_points(work: Path, name: str, started: float) -> tuple[list[tuple[float, float]], int]:
+    """A sweep's completed trials as ``(seconds since start, value)``, and how many trials it ran."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{work}/mlruns/optuna.db")
+    own = [t for t in study.trials if "warm_start_from" not in t.user_attrs]
+    points = [(t.datetime_complete.timestamp() - started, t.value) for t in own if t.state == TrialState.COMPLETE]
+    return points, len(own)
+
+
+def epoch_points(client: mlflow.MlflowClient, run_id: str, started: float) -> list[tuple[float, float]]:
+    """A single run's epochs as ``(seconds since start, val_acc)`` (the kNN baseline logs one)."""
+    return [(m.timestamp / 1000 - started, m.value) for m in client.get_metric_history(run_id, "epoch/val_acc")]
+
+
+def run_piece(strategy: str, data: str, seed: int, budget_min: float, work: Path, smoke: bool = False) -> dict:
+    """Run one strategy and return (and keep) its result."""
+    from covers.serving.promote import promote
+
+    work.mkdir(parents=True, exist_ok=True)
+    ov = overrides(strategy, data, seed, budget_min * 60, work, smoke)
+    cmd = [sys.executable, "experiments/run.py", *ov]
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{strategy} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    uri = f"sqlite:///{work}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("covers")
+    if "-m" in ov:
+        points, trials = trial_points(work, study_name(strategy, seed), started)
+        target = {"study_name": study_name(strategy, seed)}
+    else:
+        (run,) = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
+        points, trials = epoch_points(client, run.info.run_id, started), 1  # the kNN logs one "epoch"
+        target = {"run_id": run.info.run_id}
+    record = promote(uri, "covers", str(work / ".cache"), model_name=f"tta-{strategy}", **target, device="cpu")
+    curve = best_so_far(points)
+    result = {
+        "strategy": strategy,
+        "data": data,
+        "seed": seed,
+        "budget_s": budget_min * 60,
+        "wall_s": round(wall, 1),
+        "trials": trials,
+        "best_val_acc": curve[-1][1] if curve else None,
+        "best_val_acc_in_budget": max((v for t, v in curve if t <= budget_min * 60), default=None),
+        "test_acc": record["candidate_test_acc"],
+        "curve": curve,
+        "command": "python experiments/run.py " + " ".join(ov),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine(),
+    }
+    if not smoke:
+        out = RESULTS / data / f"{strategy}-s{seed}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def time_to_reach(curve: list[list[float]], value: float) -> float | None:
+    """Seconds until a best-so-far curve first reaches ``value`` (None: never)."""
+    return next((t for t, v in curve if v >= value), None)
+
+
+def report(data_sets: list[str]) -> str:
+    """A markdown table per data set and a plot of best-so-far validation accuracy against time."""
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for data in data_sets:
+        results = [json.loads(p.read_text()) for p in sorted((RESULTS / data).glob("*.json"))]
+        if not results:
+            continue
+        lines += [
+            f"#### {data} ({results[0]['machine']['cores']} cores)",
+            "",
+            "| strategy | seed | budget s | wall s | trials | best val | best val in budget | test | commit | date |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in results:
+            best = r["best_val_acc_in_budget"]
+            lines.append(
+                f"| {r['strategy']} | {r['seed']} | {r['budget_s']:.0f} | {r['wall_s']:.0f} | {r['trials']} | "
+                f"{r['best_val_acc']:.3f} | {best if best is None else f'{best:.3f}'} | {r['test_acc']:.3f} | "
+                f"{r['commit']} | {r['machine']['date']} |"
+            )
+            if r["curve"]:
+                t, v = zip(*r["curve"], strict=True)
+                ax.step([*t, r["wall_s"]], [*v, v[-1]], where="post", label=f"{r['strategy']} s{r['seed']}")
+        random = [r for r in results if r["strategy"] == "random"]
+        for r in [r for r in results if r["strategy"] == "asha"][:1]:
+            if random and random[0]["best_val_acc"] is not None:
+                reach = time_to_reach(r["curve"], random[0]["best_val_acc"])
+                share = (
+                    "never" if reach is None else f"{reach:.0f} s = {reach / random[0]['budget_s']:.2f} of its budget"
+                )
+                lines += ["", f"ASHA reaches random search's final best ({random[0]['best_val_acc']:.3f}): {share}"]
+        ax.set(
+            xlabel="seconds since start", ylabel="best validation accuracy so far", title=f"time to accuracy: {data}"
+        )
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(ROOT / "docs" / "results" / f"time_to_accuracy_{data}.png", dpi=110)
+        plt.close(fig)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=["discogs", "cifar10"], default="discogs")
+    parser.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget of each sweep")
+    parser.add_argument("--only", help="comma-separated strategies (default: all, in order)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, help="work folder (default: /tmp/covers-tta/<data>)")
+    parser.add_argument("--report", action="store_true", help="print the tables and write the plots")
+    parser.add_argument("--smoke", action="store_true", help="every strategy on the demo data, seconds each")
+    args = parser.parse_args()
+    if args.report:
+        print(report(["discogs", "cifar10"]))
+        return
+    data = "demo" if args.smoke else args.data
+    work = args.work or Path("/tmp/covers-tta") / data
+    for strategy in args.only.split(",") if args.only else list(STRATEGIES):
+        if strategy not in STRATEGIES:
+            parser.error(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        budget = 1.0 if args.smoke else args.budget_min  # smoke: n_trials=3 ends the sweeps first
+        r = run_piece(strategy, data, args.seed, budget, work, smoke=args.smoke)
+        print(json.dumps({k: v for k, v in r.items() if k not in ("curve", "machine")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
