@@ -107,8 +107,10 @@ def epoch_points(client: mlflow.MlflowClient, run_id: str, started: float) -> li
     return [(m.timestamp / 1000 - started, m.value) for m in client.get_metric_history(run_id, "epoch/val_acc")]
 
 
-def run_piece(strategy: str, data: str, seed: int, budget_min: float, work: Path, smoke: bool = False) -> dict:
-    """Run one strategy and return (and keep) its result."""
+def run_piece(
+    strategy: str, data: str, seed: int, budget_min: float, work: Path, smoke: bool = False, out: Path | None = None
+) -> dict:
+    """Run one strategy and return its result (kept as ``out/<data>/<strategy>-s<seed>.json`` with ``out``)."""
     from covers.serving.promote import promote
 
     work.mkdir(parents=True, exist_ok=True)
@@ -148,10 +150,10 @@ def run_piece(strategy: str, data: str, seed: int, budget_min: float, work: Path
         ).stdout.strip(),
         "machine": machine(),
     }
-    if not smoke:
-        out = RESULTS / data / f"{strategy}-s{seed}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+    if out is not None:
+        path = out / data / f"{strategy}-s{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -160,13 +162,13 @@ def time_to_reach(curve: list[list[float]], value: float) -> float | None:
     return next((t for t, v in curve if v >= value), None)
 
 
-def report(data_sets: list[str]) -> str:
-    """A markdown table per data set and a plot of best-so-far validation accuracy against time."""
+def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = ROOT / "docs" / "results") -> str:
+    """A markdown table per data set, and a plot of best-so-far validation accuracy against time in ``figures``."""
     import matplotlib.pyplot as plt
 
     lines = []
     for data in data_sets:
-        results = [json.loads(p.read_text()) for p in sorted((RESULTS / data).glob("*.json"))]
+        results = [json.loads(p.read_text()) for p in sorted((results_dir / data).glob("*.json"))]
         if not results:
             continue
         lines += [
@@ -199,7 +201,7 @@ def report(data_sets: list[str]) -> str:
         )
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(ROOT / "docs" / "results" / f"time_to_accuracy_{data}.png", dpi=110)
+        fig.savefig(figures / f"time_to_accuracy_{data}.png", dpi=110)
         plt.close(fig)
         lines.append("")
     return "\n".join(lines)
@@ -224,7 +226,7 @@ def main() -> None:
         if strategy not in STRATEGIES:
             parser.error(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         budget = 1.0 if args.smoke else args.budget_min  # smoke: n_trials=3 ends the sweeps first
-        r = run_piece(strategy, data, args.seed, budget, work, smoke=args.smoke)
+        r = run_piece(strategy, data, args.seed, budget, work, smoke=args.smoke, out=None if args.smoke else RESULTS)
         print(json.dumps({k: v for k, v in r.items() if k not in ("curve", "machine")}), flush=True)
 
 

@@ -50,3 +50,27 @@ def test_sweep_benchmark_smoke():
     phases = ("warm_trial_startup_s", "wrapup_s", "between_epochs_s", "between_trials_s", "mean_epoch_s")
     assert all(full[k] > 0 for k in phases)
     assert _finite(result["rows"])
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_smoke(tmp_path):
+    """The kNN baseline, an ASHA sweep and its warm-started successor on the demo data, then the report."""
+    import optuna
+
+    from benchmarks import time_to_accuracy as tta
+
+    work, out = tmp_path / "work", tmp_path / "results"
+    knn = tta.run_piece("knn", "demo", 0, 1.0, work, smoke=True, out=out)
+    assert knn["trials"] == 1 and 0 <= knn["test_acc"] <= 1 and knn["best_val_acc"] == knn["curve"][-1][1]
+    asha = tta.run_piece("asha", "demo", 0, 1.0, work, smoke=True, out=out)
+    assert asha["trials"] == 4  # 3 configurations, the best of them promoted once
+    values = [v for _, v in asha["curve"]]
+    assert values == sorted(values) and 0 <= asha["test_acc"] <= 1
+    warm = tta.run_piece("asha_warm", "demo", 0, 1.0, work, smoke=True, out=out)
+    assert "hydra.sweeper.warm_start_from=tta-asha-s0" in warm["command"]
+    study = optuna.load_study(study_name="tta-asha_warm-s0", storage=f"sqlite:///{work}/mlruns/optuna.db")
+    history = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    own = [t for t in study.trials if "warm_start_from" not in t.user_attrs]
+    assert len(history) == 4 and own[0].params["optim.lr"] == 0.003 and own[0].params["loss"] == "focal"
+    table = tta.report(["demo"], out, tmp_path)
+    assert table.count("| asha") == 2 and "| knn | 0 |" in table and (tmp_path / "time_to_accuracy_demo.png").exists()

@@ -134,3 +134,22 @@ def test_enqueued_values_are_checked_against_their_distributions():
     ]:
         with pytest.raises(SearchSpaceError, match=message):
             check_enqueued([bad], distributions)
+
+
+def test_warm_start_keeps_the_define_by_run_parameters_of_earlier_trials():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from covers.sweep.warm_start import add_history
+
+    space = {"loss": CategoricalDistribution(("ce", "focal"))}
+    gamma = FloatDistribution(0.0, 5.0)
+    earlier = optuna.create_study(study_name="earlier", direction="maximize")
+    focal = {"loss": "focal", "loss.gamma": 2.0}
+    earlier.add_trial(optuna.trial.create_trial(params=focal, distributions={**space, "loss.gamma": gamma}, value=0.5))
+    earlier.add_trial(optuna.trial.create_trial(params={"loss": "ce"}, distributions=space, value=0.4))
+    plain, hooked = (optuna.create_study(direction="maximize") for _ in range(2))
+    assert (
+        add_history(plain, earlier, space) == 1
+    )  # without a hook, γ is outside the space: the focal trial is left out
+    assert add_history(hooked, earlier, space, define_by_run=True) == 2  # with one, γ is the hook's parameter
+    assert [t.params for t in hooked.trials] == [focal, {"loss": "ce"}]

@@ -180,7 +180,7 @@ class OptunaSweeperImpl(Sweeper):
                 load_if_exists=True,
             )
             if earlier is not None:
-                add_history(study, earlier, distributions)
+                add_history(study, earlier, distributions, define_by_run=self.custom_search_space is not None)
             for params in self.enqueue:  # warm start: run first, in order; one already in the study is not repeated
                 study.enqueue_trial(params, skip_if_exists=True)
         if study.metric_names is None:  # optuna-dashboard and Optuna's plots name the objective, not "Objective 0"

@@ -34,22 +34,27 @@ def check_source(storage: BaseStorage | None, source: str, direction: str) -> op
     return earlier
 
 
-def add_history(study: optuna.Study, earlier: optuna.Study, distributions: dict[str, BaseDistribution]) -> int:
+def add_history(
+    study: optuna.Study, earlier: optuna.Study, distributions: dict[str, BaseDistribution], define_by_run: bool = False
+) -> int:
     """Add the complete trials of the ``earlier`` study whose values fit this search space (once per study: a
-    resumed sweep or another worker finds them there); the number added."""
+    resumed sweep or another worker finds them there); the number added. With ``define_by_run`` (a
+    ``custom_search_space`` hook) a parameter outside ``params:`` (e.g. γ of the focal trials) keeps its own
+    distribution, so that such trials are history too."""
     source = earlier.study_name
     if study.user_attrs.get(WARM_START) == source:
         return 0
     history, skipped = [], 0
     for t in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        fits = t.params and all(k in distributions and contains(distributions[k], v) for k, v in t.params.items())
+        own = {k: distributions.get(k, t.distributions[k] if define_by_run else None) for k in t.params}
+        fits = t.params and all(d is not None and contains(d, t.params[k]) for k, d in own.items())
         if not fits or WARM_START in t.user_attrs:  # outside this space, or history of the earlier one itself
             skipped += 1
             continue
         history.append(
             optuna.trial.create_trial(
                 params=t.params,
-                distributions={k: distributions[k] for k in t.params},
+                distributions=own,
                 value=t.value,
                 intermediate_values=t.intermediate_values,
                 user_attrs={WARM_START: source, "source_trial": t.number},
