@@ -72,7 +72,8 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
     else:
         ov.append(f"hydra.run.dir={work}/outputs/{strategy}-s{seed}")
     if strategy == "asha_warm":  # the earlier sweeps' trials as history (those that fit the space), the default first
-        studies = optuna.get_all_study_names(f"sqlite:///{work}/mlruns/optuna.db")
+        db = work / "mlruns" / "optuna.db"
+        studies = optuna.get_all_study_names(f"sqlite:///{db}") if db.exists() else []
         earlier = [s for s in ("random", "asha") if study_name(s, seed) in studies]
         if earlier:
             ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed)}")
