@@ -38,7 +38,7 @@ DATA = {  # name -> the run's data overrides
     "demo": ["data.demo.per_class=20", "data.image_size=32"],  # --smoke
 }
 SWEEP = ["hydra.sweeper.n_trials=1000"]  # the timeout is the budget
-REAL_FIXED = ["hparams_search=real", "hydra/sweeper/scheduler=none", "trainer.epochs=6"]
+REAL_FIXED = ["hparams_search=real", "hydra.sweeper.scheduler=null", "trainer.epochs=6"]
 STRATEGIES: dict[str, list[str]] = {
     "knn": ["experiment=knn"],
     "default": [],
@@ -79,7 +79,7 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
             ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed)}")
         ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
     if smoke:
-        ov += SMOKE["asha"] if "hparams_search=real" in ov and "hydra/sweeper/scheduler=none" not in ov else []
+        ov += SMOKE["asha"] if "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov else []
         ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median") else []
         ov += ["hydra.sweeper.n_trials=3"] if "-m" in ov else []
     return ov

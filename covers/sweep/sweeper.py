@@ -127,6 +127,11 @@ class OptunaSweeperImpl(Sweeper):
         # define-by-run parameters (e.g. gamma only for the focal loss): a function (cfg, trial) -> None, as in
         # hydra-optuna-sweeper; it runs after the sampler has drawn the params: values
         self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
+        if scheduler is not None and not isinstance(scheduler, PromotionASHA):  # e.g. rungs left without _target_
+            raise SearchSpaceError(
+                "hydra.sweeper.scheduler is not a scheduler: choose hydra/sweeper/scheduler=asha, or turn it off "
+                "with hydra.sweeper.scheduler=null (over a search that sets its rungs, such as hparams_search=real)"
+            )
         self.scheduler = scheduler  # multi-fidelity with promotion (hydra/sweeper/scheduler=asha), or None
         self.enqueue = OmegaConf.to_container(enqueue, resolve=True) if OmegaConf.is_config(enqueue) else enqueue or []
         self.mlflow_cfg = mlflow
