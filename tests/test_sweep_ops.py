@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from covers.sweep.budget import counted
+from covers.sweep.budget import CONTINUES, counted
 from covers.sweep.storage import create_storage
 from tests.conftest import ROOT, run_sweep, sweep_cmd
 
@@ -106,7 +106,9 @@ def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite", "journal", "postgresql"])
-def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
+def test_two_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, storage, request):
+    """Two sweep processes on one study with multi-fidelity promotion (ASHA, 2 rungs): 6 distinct configurations,
+    each run once, and exactly floor(6 / 3) = 2 promotions, each of a different configuration (the study lock)."""
     urls = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:///{tmp_path}/shared.log"}
     url = urls[storage] if storage in urls else request.getfixturevalue("postgres_url")
     cmd = sweep_cmd(
@@ -116,7 +118,11 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
         f"hydra.sweeper.storage={url}",
         "hydra.sweeper.n_trials=6",
         "hydra/sweeper/pruner=none",
-        "trainer.epochs=1",
+        "hydra/sweeper/scheduler=asha",
+        "hydra.sweeper.scheduler.rungs=[{epochs:1,image_size:32},{epochs:2,image_size:40}]",
+        "hparams_search=lr_curve",
+        "hydra/sweeper/sampler=tpe",
+        "optim.lr=tag(log, interval(1e-4, 1e-2))",
     )
     # the decode cache and demo data exist before both workers start
     run_sweep(tmp_path / "warm", cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
@@ -132,11 +138,16 @@ def test_two_workers_share_one_study(tmp_path, cache_dir, storage, request):
     study, _, parents, children = load(tmp_path, "shared", storage_obj)
     trials = counted(study.trials)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    numbers = [int(r.data.tags["trial_number"]) for r in children]
-    assert sorted(numbers) == [t.number for t in trials], "each trial ran exactly once"
     # both workers run the same seeded sampler config: every configuration is still new
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
-    assert len(parents) == 1
+    later = [t for t in study.trials if CONTINUES in t.user_attrs]
+    assert [t.state for t in later] == [TrialState.COMPLETE] * 2 and len(study.trials) == 8
+    sources = [t.user_attrs[CONTINUES] for t in later]
+    assert len(set(sources)) == 2 and set(sources) <= {t.number for t in trials}  # never promoted twice
+    # one MLflow run per configuration, each run once: a promoted one is continued under its latest trial number
+    latest = {t.number for t in trials} - set(sources) | {t.number for t in later}
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == sorted(latest)
+    assert {r.info.status for r in children} == {"FINISHED"} and len(parents) == 1
 
 
 @pytest.mark.slow

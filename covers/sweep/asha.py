@@ -68,7 +68,10 @@ class PromotionASHA:
         owned = {"trainer.epochs"} | ({"data.image_size"} if any(r.image_size for r in self.rungs) else set())
         clash = sorted(owned & {k.lstrip("+~") for k in distributions})
         if clash:
-            raise SearchSpaceError(f"scheduler asha sets {clash} per rung: remove them from the search space")
+            raise SearchSpaceError(
+                f"scheduler asha sets {clash} per rung, so they cannot be searched: use hparams_search=real, or an "
+                "hparams_search of your own without them (docs/sweeps.md#multi-fidelity-with-promotion)"
+            )
 
     def promotion(self, trials: list[FrozenTrial], maximize: bool = True) -> tuple[FrozenTrial, int] | None:
         """The configuration to promote now and its next rung, or None: the highest rung first; at rung k the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -15,7 +16,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from covers.tracking.runs import check_sqlite_store, resolve_sqlite_uri
+from covers.tracking.runs import check_sqlite_store, file_lock, resolve_sqlite_uri
 from covers.tracking.sqlite import use_wal
 
 log = logging.getLogger(__name__)
@@ -80,3 +81,40 @@ def open_storage(url: str | None, *args, attempts: int = 5, **kwargs) -> BaseSto
             log.info("storage not ready (%s); retrying", type(e).__name__)
             time.sleep(0.5 + random.random())
     return None
+
+
+class StudyLock:
+    """One holder at a time among every worker of a study, on any machine that reaches its storage: for the
+    decisions that read the study and then write to it (create it and enqueue or warm-start once; promote a
+    configuration once). A file lock beside a SQLite or journal file, a PostgreSQL advisory lock keyed by the study
+    name (held on its own connection for the block), and no lock for other databases."""
+
+    def __init__(self, url: str | None, study_name: str) -> None:
+        self.url, self.key = normalise_storage_url(url), study_name
+        self.engine: sqlalchemy.engine.Engine | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        url = self.url or ""
+        # SQLite: the lock the sweeper has always taken on a fresh file; a journal: not Optuna's own "<file>.lock"
+        for prefix, suffix in (("sqlite:///", ".lock"), (JOURNAL_PREFIX, ".covers-lock")):
+            if url.startswith(prefix):
+                with file_lock(url.removeprefix(prefix), suffix):
+                    yield
+                return
+        if not url.startswith("postgresql"):
+            yield
+            return
+        if self.engine is None:
+            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        key = int.from_bytes(hashlib.sha256(self.key.encode()).digest()[:8], "big", signed=True)
+        with self.engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()

@@ -35,9 +35,9 @@ from covers.sweep.search_space import (
     parse_params,
 )
 from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
-from covers.sweep.storage import normalise_storage_url, open_storage, optuna_experimental_quiet
+from covers.sweep.storage import StudyLock, normalise_storage_url, open_storage, optuna_experimental_quiet
 from covers.sweep.warm_start import add_history, check_source
-from covers.tracking.runs import flatten, resolve_sqlite_uri, sqlite_init_lock
+from covers.tracking.runs import flatten, resolve_sqlite_uri
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class OptunaSweeperImpl(Sweeper):
     ) -> None:
         self.sampler, self.pruner, self.direction = sampler, pruner, direction
         self.storage_url = normalise_storage_url(storage)
+        self.lock = StudyLock(self.storage_url, study_name or "covers")  # shared by every worker of the study
         self.study_name, self.n_trials, self.n_jobs = study_name, int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate = float(max_failure_rate)
         self.heartbeat_interval, self.grace_period, self.metric = heartbeat_interval, grace_period, metric
@@ -171,7 +172,7 @@ class OptunaSweeperImpl(Sweeper):
     def _study(self, distributions: dict) -> tuple[optuna.Study, int]:
         sampler, grid_size = create_sampler(self.sampler, distributions)
         on_stale = stale_trial_callback(self.mlflow_cfg, self.grace_period)
-        with sqlite_init_lock(self.storage_url):  # workers starting together on a fresh file
+        with self.lock():  # workers starting together: one creates the schema, enqueues and warm-starts
             storage = open_storage(
                 self.storage_url, self.heartbeat_interval, self.grace_period, on_stale, sqlite_wal=self.sqlite_wal
             )
@@ -250,6 +251,7 @@ class OptunaSweeperImpl(Sweeper):
                 status = "FAILED"
                 raise
             finally:
+                self.lock.close()
                 with signals_deferred():
                     if parent:
                         self._close_parent(study, parent, status)
@@ -352,7 +354,7 @@ class OptunaSweeperImpl(Sweeper):
     def _ask(self, study: optuna.Study, distributions: dict, n_trials: int) -> optuna.Trial | None:
         """The next trial to run (a waiting retry or promotion first), or None when the study's budget is spent."""
         if self.scheduler is not None:
-            with sqlite_init_lock(self.storage_url):  # one promotion decision at a time among this file's workers
+            with self.lock():  # one promotion decision at a time among the study's workers
                 self.scheduler.promote(study)
         if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
             return None

@@ -66,6 +66,18 @@ def check_sqlite_store(uri: str | None, write: bool = True, what: str = "MLflow 
 
 
 @contextmanager
+def file_lock(path: str | Path, suffix: str = ".lock") -> Iterator[None]:
+    """An exclusive lock among processes on one machine (or a shared file system with ``flock``) on the file
+    ``path`` + ``suffix``."""
+    with open(f"{path}{suffix}", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def sqlite_init_lock(uri: str | None) -> Iterator[None]:
     """Serialise first-time creation of a SQLite store across processes (parallel workers on a fresh store race
     on schema migrations); a no-op for other URLs."""
@@ -73,12 +85,8 @@ def sqlite_init_lock(uri: str | None) -> Iterator[None]:
     if not uri or not uri.startswith("sqlite:///"):
         yield
         return
-    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(uri.removeprefix("sqlite:///")):
+        yield
 
 
 def setup_tracking(uri: str, experiment: str, artifact_root: str | None = None, sqlite_wal: bool = True) -> str:
