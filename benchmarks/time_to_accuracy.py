@@ -8,7 +8,8 @@
 
 Strategies (:data:`STRATEGIES`): the kNN baseline and the default config (one run each), random search over the
 ``hparams_search=real`` space (fixed epochs), TPE + median pruning over today's default space, TPE + ASHA
-(``hparams_search=real``), and ASHA warm-started from the earlier sweeps of the same data set and seed. Every
+(``hparams_search=real``), ASHA warm-started from the earlier sweeps of the same data set and seed, and ASHA
+with every rung at 128 px (no progressive resizing). Every
 piece is a real ``python experiments/run.py`` in a subprocess, in one work folder per data set (Optuna storage and
 MLflow store shared, so a warm start finds the earlier studies). Each records best-so-far validation accuracy
 against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
@@ -46,6 +47,13 @@ STRATEGIES: dict[str, list[str]] = {
     "tpe_median": ["-m", *SWEEP, "hparams_search=default"],
     "asha": ["-m", *SWEEP, "hparams_search=real"],
     "asha_warm": ["-m", *SWEEP, "hparams_search=real"],  # + warm_start_from and enqueue, see overrides()
+    # ASHA without progressive resizing: every rung at the data's 128 px (does the 64 px first rung rank worse?)
+    "asha_128px": [
+        "-m",
+        *SWEEP,
+        "hparams_search=real",
+        "hydra.sweeper.scheduler.rungs=[{epochs:2,image_size:128},{epochs:5,image_size:128},{epochs:10,image_size:128}]",
+    ],
 }
 # the default config's values of the hparams_search=real space: the warm start's first trial
 DEFAULTS = "{optim.lr:0.003,loss:focal,aug:default,mixup.mixup_alpha:0.0,freeze.n_frozen:0}"
@@ -79,7 +87,8 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
             ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed)}")
         ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
     if smoke:
-        ov += SMOKE["asha"] if "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov else []
+        asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
+        ov = [o for o in ov if not o.startswith("hydra.sweeper.scheduler.rungs=")] + (SMOKE["asha"] if asha else [])
         ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median") else []
         ov += ["hydra.sweeper.n_trials=3"] if "-m" in ov else []
     return ov

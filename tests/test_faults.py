@@ -212,20 +212,6 @@ def test_stopped_sweep_ends_its_runs_and_resumes(tmp_path, cache_dir, warm, sig,
         assert retry.params == t.params and retry.state == TrialState.COMPLETE
 
 
-def test_three_workers_on_one_study_draw_distinct_configurations(tmp_path, cache_dir, warm):
-    """Three sweep processes with the same (default, seeded) sampler config on one study: every parameter set is
-    new, and each trial runs once (two workers on each kind of storage: tests/test_sweep_ops.py)."""
-    cmd = _cmd(tmp_path, cache_dir, "many", n_trials=6, epochs=1)
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=500)
-        assert p.returncode == 0, err[-4000:]
-    study, runs, _ = check_consistent(tmp_path, "many", 6)
-    assert len(study.trials) >= 6 and len(runs) == len([t for t in study.trials if t.number in runs])
-
-
 def test_failure_budget_stops_the_sweep(tmp_path, cache_dir):
     """Every trial fails: the sweep stops once more than max_failure_rate x n_trials failed, exits non-zero with one
     line naming the first trial's error, and ends the parent run FAILED."""

@@ -104,11 +104,18 @@ def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
     assert parents[0].info.status == "FINISHED"
 
 
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory, cache_dir) -> None:
+    """The demo data and its decode cache exist before parallel workers start (no worker races to make them)."""
+    run_sweep(tmp_path_factory.mktemp("warm"), cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite", "journal", "postgresql"])
-def test_two_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, storage, request):
-    """Two sweep processes on one study with multi-fidelity promotion (ASHA, 2 rungs): 6 distinct configurations,
-    each run once, and exactly floor(6 / 3) = 2 promotions, each of a different configuration (the study lock)."""
+@pytest.mark.parametrize(("storage", "workers"), [("sqlite", 3), ("journal", 2), ("postgresql", 2)])
+def test_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, warm_cache, storage, workers, request):
+    """Several sweep processes with the same seeded sampler config on one study, with multi-fidelity promotion
+    (ASHA, 2 rungs): 6 distinct configurations, each run once, and exactly floor(6 / 3) = 2 promotions, each of a
+    different configuration (the study lock), nothing left RUNNING."""
     urls = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:///{tmp_path}/shared.log"}
     url = urls[storage] if storage in urls else request.getfixturevalue("postgres_url")
     cmd = sweep_cmd(
@@ -124,12 +131,10 @@ def test_two_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, sto
         "hydra/sweeper/sampler=tpe",
         "optim.lr=tag(log, interval(1e-4, 1e-2))",
     )
-    # the decode cache and demo data exist before both workers start
-    run_sweep(tmp_path / "warm", cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
     env = {**os.environ}
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
+        for _ in range(workers)
     ]
     for p in procs:
         _, err = p.communicate(timeout=500)
@@ -138,7 +143,7 @@ def test_two_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, sto
     study, _, parents, children = load(tmp_path, "shared", storage_obj)
     trials = counted(study.trials)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    # both workers run the same seeded sampler config: every configuration is still new
+    # every worker runs the same seeded sampler config: every configuration is still new
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
     later = [t for t in study.trials if CONTINUES in t.user_attrs]
     assert [t.state for t in later] == [TrialState.COMPLETE] * 2 and len(study.trials) == 8
