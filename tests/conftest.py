@@ -117,6 +117,12 @@ def run_sweep(
 
 
 @pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory, cache_dir) -> None:
+    """The demo data and its decode cache exist before parallel sweep workers start (no worker races to make them)."""
+    run_sweep(tmp_path_factory.mktemp("warm"), cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
+
+
+@pytest.fixture(scope="session")
 def postgres_server() -> str:
     """``COVERS_TEST_POSTGRES``: a PostgreSQL URL whose role may create databases (``.ci/run`` starts one)."""
     url = os.environ.get("COVERS_TEST_POSTGRES")

@@ -137,15 +137,8 @@ def _cmd(tmp_path, cache_dir, name, *extra, storage=None, n_trials=4, epochs=4):
     )
 
 
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory, cache_dir):
-    """The demo data and its decode cache exist before any sweep under test starts (no worker races to make them)."""
-    tmp = tmp_path_factory.mktemp("warm")
-    subprocess.run(_cmd(tmp, cache_dir, "w", n_trials=1, epochs=1), cwd=ROOT, check=True, capture_output=True)
-
-
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
-def test_killed_worker_is_recovered_by_a_rerun(tmp_path, cache_dir, warm, storage, request):
+def test_killed_worker_is_recovered_by_a_rerun(tmp_path, cache_dir, warm_cache, storage, request):
     """kill -9 mid-trial, then the same command again: the dead trial is failed, its MLflow run ends FAILED with the
     reason, its parameters are retried once, and the sweep completes its budget."""
     url = f"sqlite:///{tmp_path}/mlruns/optuna.db" if storage == "sqlite" else request.getfixturevalue("postgres_url")
@@ -181,7 +174,7 @@ def test_killed_worker_is_recovered_by_a_rerun(tmp_path, cache_dir, warm, storag
         (signal.SIGTERM, "summary"),
     ],
 )
-def test_stopped_sweep_ends_its_runs_and_resumes(tmp_path, cache_dir, warm, sig, moment):
+def test_stopped_sweep_ends_its_runs_and_resumes(tmp_path, cache_dir, warm_cache, sig, moment):
     """A signal during an epoch, between two trials or during the final summary: the sweep exits non-zero, the
     parent run ends KILLED (FINISHED when only the summary was left; never RUNNING), the interrupted trial is failed
     and retried, and a rerun completes the budget consistently."""
@@ -269,7 +262,7 @@ def test_corrupt_study_store_fails_fast_with_one_line(tmp_path, cache_dir):
     assert "Traceback" not in proc.stderr and str(db) in proc.stderr and "not a database" in proc.stderr, proc.stderr
 
 
-def test_submitit_local_launcher_runs_trials_in_parallel(tmp_path, cache_dir, warm):
+def test_submitit_local_launcher_runs_trials_in_parallel(tmp_path, cache_dir, warm_cache):
     """A real submitit executor on this machine: two trials in flight at once, Optuna and MLflow consistent."""
     cmd = _cmd(
         tmp_path,

@@ -104,12 +104,6 @@ def test_failing_trials_fail_and_the_sweep_goes_on(tmp_path, cache_dir):
     assert parents[0].info.status == "FINISHED"
 
 
-@pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory, cache_dir) -> None:
-    """The demo data and its decode cache exist before parallel workers start (no worker races to make them)."""
-    run_sweep(tmp_path_factory.mktemp("warm"), cache_dir, "hydra.sweeper.n_trials=1", "trainer.epochs=1")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("storage", "workers"), [("sqlite", 3), ("journal", 2), ("postgresql", 2)])
 def test_workers_share_one_study_and_its_promotions(tmp_path, cache_dir, warm_cache, storage, workers, request):

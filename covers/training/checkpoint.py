@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -49,7 +48,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optimizer) ->
         best_epoch=int(state["best_epoch"]),
         best_val_acc=float(state["best_val_acc"]),
         best_state=state["best_state"],
-        best_val_pred=None if pred is None else np.asarray(pred.numpy()),
-        val_target=None if target is None else np.asarray(target.numpy()),
+        best_val_pred=None if pred is None else pred.numpy(),
+        val_target=None if target is None else target.numpy(),
     )
     return result, float(state["lr"])

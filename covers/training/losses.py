@@ -33,7 +33,8 @@ class FocalLoss(nn.Module):
             log_p = log_p.gather(1, target[:, None])
         loss = -((1.0 - log_p.exp()).clamp(min=0) ** self.gamma) * log_p if self.gamma else -log_p
         if self.alpha is not None:
-            loss = loss * (self.alpha.to(loss.device) if soft else self.alpha.to(loss.device)[target][:, None])
+            alpha = self.alpha.to(loss.device)
+            loss = loss * (alpha if soft else alpha[target][:, None])
         loss = (loss * target.float()).sum(1) if soft else loss.squeeze(1)
         if self.reduction == "mean":
             return loss.mean()
