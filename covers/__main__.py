@@ -17,7 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from covers.serving.inputs import InputItem, iter_inputs, read_cover
 
-DEFAULT_MODEL = "models:/covers-genre@champion"
+ALIAS = "champion"
+DEFAULT_MODEL = f"the newest covers-* model with @{ALIAS}"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHUNK = 256
 CHUNK_BYTES = (
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m covers", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=raw
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=DEFAULT_MODEL, help=f"MLflow model URI (default {DEFAULT_MODEL})")
+    common.add_argument("--model", default=None, help=f"MLflow model URI (default {DEFAULT_MODEL})")
     common.add_argument(
         "--tracking-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(uri: str, tracking_uri: str):
-    """The pyfunc model at ``uri``, read from the store at ``tracking_uri``."""
+def load_model(uri: str | None, tracking_uri: str):
+    """The pyfunc model at ``uri`` (default: :func:`covers.tracking.registry.newest_champion`), read from the store
+    at ``tracking_uri``."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
@@ -94,6 +96,11 @@ def load_model(uri: str, tracking_uri: str):
     store = resolve_sqlite_uri(tracking_uri)
     check_sqlite_store(store, write=False)
     mlflow.set_tracking_uri(store)
+    if uri is None:
+        from covers.tracking.registry import newest_champion
+
+        uri = newest_champion(mlflow.MlflowClient(), ALIAS)
+        print(f"model: {uri} (--model chooses another)", file=sys.stderr)
     with quiet_any_hint():
         return mlflow.pyfunc.load_model(uri)
 

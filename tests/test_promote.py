@@ -22,13 +22,15 @@ from covers.data.transforms import create_eval_transform
 from covers.models.create import create_model
 from covers.serving.cover_model import read_image
 from covers.serving.promote import champion_accuracy, promote
+from covers.tracking import registry
 from covers.tracking.registry import Candidate, decide, rank_candidates
+from covers.training.intervals import wilson_interval
 from covers.training.loop import predict
 from covers.training.runtime import create_runtime
 from tests.conftest import ROOT
 from tests.test_sweep import run_sweep
 
-NAME = "covers-genre"
+NAME = "covers-demo"  # promote.model_name defaults to covers-<data set>
 
 
 def _uri(root: Path) -> str:
@@ -39,7 +41,16 @@ def _uri(root: Path) -> str:
 def store(tmp_path_factory, cache_dir) -> dict:
     """A fine-tuning sweep (study ``ft``) promoted with ``python experiments/promote.py``."""
     root = tmp_path_factory.mktemp("store")
-    run_sweep(root, cache_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=ft", "trainer.epochs=range(1,2)")
+    # trained long enough to pass the promotion gate (better than chance, not worse than the kNN baseline)
+    run_sweep(
+        root,
+        cache_dir,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.study_name=ft",
+        "trainer.epochs=range(3,4)",
+        "optim.lr=0.003",
+        "freeze.n_frozen=0",
+    )
     cmd = [
         sys.executable,
         "experiments/promote.py",
@@ -47,6 +58,7 @@ def store(tmp_path_factory, cache_dir) -> dict:
         f"paths.cache_dir={cache_dir}",
         f"hydra.run.dir={root}/promote",
         "trainer.device=cpu",
+        "promote.baseline=none",  # the gate against chance only; the kNN baseline: test_gate_against_the_knn_...
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -88,6 +100,8 @@ def test_promote_picks_best_trial_and_tests_it_on_the_manifest_test_rows(store, 
     assert run.data.tags["study_name"] == "ft" and run.data.metrics["summary/best_val_acc"] == best_acc
     assert f"candidate v{mv.version} (run {run.info.run_id})" in store["stdout"]
     assert "champion before: none" in store["stdout"] and f"v{mv.version} holds @champion" in store["stdout"]
+    assert "gate: passed: test_acc" in store["stdout"] and "significantly above chance 0.125" in store["stdout"]
+    assert "(95 % CI " in store["stdout"]
     terminal = store["stdout"] + store["stderr"]
     assert terminal.count("decision:") == 1, "the decision is shown once"
     assert "Downloading artifacts" not in terminal, "no MLflow download progress bars"
@@ -107,6 +121,56 @@ def test_promote_picks_best_trial_and_tests_it_on_the_manifest_test_rows(store, 
     assert float(mv.tags["test_acc"]) == pytest.approx(test_acc)
     assert run.data.params["data.manifest_hash"] in mv.description and "optim:" in mv.description
     assert mv.tags["promotion.promoted"] == "True"
+    assert mv.tags["gate.passed"] == "True" and float(mv.tags["gate.candidate_acc"]) == pytest.approx(test_acc)
+    assert json.loads(mv.tags["classes"]) == sorted(test_rows["label"].unique().tolist())
+    low, high = wilson_interval(int((preds["predicted"] == preds["genre"]).sum()), len(preds))
+    assert (metrics["test_acc_ci_low"], metrics["test_acc_ci_high"]) == pytest.approx((low, high))
+    assert metrics["test_balanced_acc_ci_low"] <= metrics["test_balanced_acc"] <= metrics["test_balanced_acc_ci_high"]
+
+
+def test_gate_against_the_knn_baseline_on_the_same_covers(store, cache_dir, tmp_path):
+    """The champion's run again, for another alias, with the kNN baseline: paired on the same test covers, refused
+    when below it (force overrides), passed otherwise; the numbers are tags on the version."""
+    client = store["client"]
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    kw = {"tracking_uri": _uri(store["root"]), "experiment": "covers", "cache_dir": str(cache_dir), "device": "cpu"}
+    rec = promote(run_id=mv.run_id, alias="staging", **kw)
+    gate = rec["gate"]
+    assert rec["candidate_version"] == mv.version and gate["n"] == 16 and gate["baseline_acc"] is not None
+    n_right = round(gate["candidate_acc"] * 16)
+    assert gate["candidate_only"] - gate["baseline_only"] == n_right - round(gate["baseline_acc"] * 16), "paired"
+    tags = client.get_model_version(NAME, mv.version).tags
+    assert float(tags["gate.baseline_acc"]) == pytest.approx(gate["baseline_acc"]) and "gate.mcnemar_p" in tags
+    if gate["candidate_acc"] < gate["baseline_acc"]:
+        assert not rec["promoted"] and "below the kNN baseline's" in rec["reason"] and tags["gate.passed"] == "False"
+        assert registry.alias_version(client, NAME, "staging") is None
+        forced = promote(run_id=mv.run_id, alias="staging", force=True, **kw)
+        assert forced["promoted"] and forced["forced"] and forced["reason"].startswith("forced although the gate")
+    else:
+        assert rec["promoted"] and "the kNN baseline's" in rec["reason"] and "gate passed" in rec["reason"]
+    assert client.get_model_version_by_alias(NAME, "staging").version == mv.version
+
+
+def test_a_champion_of_other_genres_is_not_compared(store, cache_dir, capsys):
+    """A version that predicts other classes keeps the alias, with the reason; the predict CLI without --model
+    finds the newest covers-* champion."""
+    client = store["client"]
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    other = next(r for r in _trials(client, "ft") if r.info.run_id != champion.run_id)
+    client.set_model_version_tag(NAME, champion.version, "classes", json.dumps(["airplane", "cat"]))
+    try:
+        kw = {"tracking_uri": _uri(store["root"]), "experiment": "covers", "cache_dir": str(cache_dir)}
+        rec = promote(run_id=other.info.run_id, baseline="none", device="cpu", **kw)
+    finally:
+        client.set_model_version_tag(NAME, champion.version, "classes", champion.tags["classes"])
+    assert rec["model_name"] == NAME and rec["champion_basis"] == "label sets differ" and not rec["promoted"]
+    assert "the label sets differ: v" in rec["reason"] and "['airplane', 'cat']" in rec["reason"]
+    assert rec["champion_test_acc"] is None, "not measured on covers of other genres"
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
+
+    cover = store["demo"] / "Jazz.zip"
+    assert main(["predict", str(cover), "--json", "--tracking-uri", _uri(store["root"])]) == 0
+    assert f"model: models:/{NAME}@champion" in capsys.readouterr().err
 
 
 def test_registry_model_predicts_like_the_in_process_model(store, tmp_path):

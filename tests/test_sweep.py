@@ -14,6 +14,7 @@ import yaml
 
 from covers.reporting.results_doc import write_results
 from covers.sweep.search_space import SearchSpaceError, parse_params
+from covers.training.intervals import wilson_interval
 from tests.conftest import ROOT, run_sweep
 
 
@@ -37,9 +38,16 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
     lines = [line.split("] ", 1)[-1] for line in proc.stdout.splitlines()]
     best = study.best_trial
     assert f"trial {best.number} complete: summary/best_val_acc={best.value:.4f}" in lines
-    assert f"optim.lr={best.params['optim.lr']:.4g}" in lines[-3] and "Launching" not in proc.stdout
-    assert lines[-4] == "sweep t3 done: 3 trials (3 complete, 0 pruned, 0 failed)"
-    assert lines[-3].startswith(f"best: trial {best.number}, summary/best_val_acc={best.value:.4f}: ")
+    assert f"optim.lr={best.params['optim.lr']:.4g}" in lines[-4] and "Launching" not in proc.stdout
+    assert lines[-5] == "sweep t3 done: 3 trials (3 complete, 0 pruned, 0 failed)"
+    assert lines[-4].startswith(f"best: trial {best.number}, summary/best_val_acc={best.value:.4f}: ")
+    # the best trial's Wilson interval on the validation covers, and the trials that reach into it
+    low, high = best.user_attrs["objective_ci"]
+    within = sum(t.value >= low for t in trials)
+    assert lines[-3] == (
+        f"its 95 % interval: {low:.4f}-{high:.4f}; {within} of 3 complete trials lie within it (the validation "
+        "split cannot tell them apart)"
+    )
     assert lines[-2].endswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db")
     results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
     assert results == {"name": "t3", "best_params": best.params, "best_value": best.value}
@@ -53,6 +61,8 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
     parent = parents[0]
     assert parent.info.run_name.startswith("sweep t3") and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.metrics["best_value_ci_low"] == pytest.approx(low) and low <= best.value <= high
+    assert parent.data.metrics["trials_within_best_ci"] == within
     assert parent.data.params["search.optim.lr"] == "log-uniform [0.0001, 0.03]"
     assert parent.data.params["search.freeze.n_frozen"] == "int [0, 4]"
     by_number = {int(r.data.tags["trial_number"]): r for r in children}
@@ -61,6 +71,11 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
         child = by_number[t.number]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.metrics["summary/best_val_acc"] == pytest.approx(t.value)
+        n_val = int(child.data.params["data.n_val"])  # the interval is Wilson's for the best epoch's val covers
+        ci = wilson_interval(round(t.value * n_val), n_val)
+        assert t.user_attrs["objective_ci"] == pytest.approx(list(ci))
+        assert child.data.metrics["summary/best_val_acc_ci_low"] == pytest.approx(ci[0])
+        assert child.data.metrics["summary/best_val_acc_ci_high"] == pytest.approx(ci[1])
         history = client.get_metric_history(child.info.run_id, "epoch/val_acc")
         assert [m.step for m in history] == list(range(1, t.params["trainer.epochs"] + 1)), "epochs from 1"
         assert sorted(t.intermediate_values) == [m.step for m in history]

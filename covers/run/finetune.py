@@ -22,6 +22,7 @@ from covers.run.context import RunContext, build_context, loader_workers, trial_
 from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
 from covers.training.checkpoint import load_checkpoint, save_checkpoint
+from covers.training.intervals import wilson_interval
 from covers.training.loop import FitResult, fit
 from covers.training.losses import resolve_class_weights
 from covers.training.lr_finder import LRFindResult, find_lr, log_lr_find
@@ -110,7 +111,12 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: di
         metrics, _, _ = classification_metrics(
             result.val_target, result.best_val_pred, bundle.classes, "summary/best_val_"
         )
-        keep = ("summary/best_val_balanced_acc", "summary/best_val_macro_f1", "summary/best_val_recall.")
+        keep = (
+            "summary/best_val_balanced_acc",
+            "summary/best_val_macro_f1",
+            "summary/best_val_recall.",
+            "summary/best_val_acc_ci",
+        )
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
         title = f"validation, best epoch {result.best_epoch + 1}"
         fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
@@ -135,6 +141,10 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         if not cfg.trial.get("resume_run_id"):  # a continued run has its params (those of its first rung)
             log_run_record(cfg, ctx.bundle, ctx.spec)
         result = _fit(cfg, ctx, [reporter, on_epoch_end])
+        if reporter is not None and result.best_val_pred is not None:
+            reporter.record_interval(
+                *wilson_interval(int((result.best_val_pred == result.val_target).sum()), len(result.val_target))
+            )
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
         "summary/best_val_acc": best,

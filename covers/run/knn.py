@@ -16,6 +16,7 @@ from covers.reporting.figures import plot_confusion_matrix
 from covers.run.context import build_context, trial_and_run
 from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
+from covers.training.intervals import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,17 @@ def run_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         metrics, pred = evaluate_knn(model, vectors[split == "val"], val_labels)
         log.info("kNN %s", " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         runs.epoch_logger(reporter, on_epoch_end)(1, metrics)
+        low, high = wilson_interval(int((pred == val_labels).sum()), len(val_labels))
+        if reporter is not None:
+            reporter.record_interval(low, high)
         mlflow.log_metrics(
-            {"summary/best_val_acc": metrics["val_acc"], "summary/best_epoch": 1, "summary/epochs_completed": 1}
+            {
+                "summary/best_val_acc": metrics["val_acc"],
+                "summary/best_val_acc_ci_low": low,
+                "summary/best_val_acc_ci_high": high,
+                "summary/best_epoch": 1,
+                "summary/epochs_completed": 1,
+            }
         )
         fig = plot_confusion_matrix(val_labels, pred, bundle.classes, f"validation, {run_name(cfg)}")
         runs.log_figure(fig, "plots/val_confusion_matrix.png")

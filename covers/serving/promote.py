@@ -3,14 +3,17 @@ preprocessing, class names and a similar-cover gallery) and move the champion al
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run
@@ -27,9 +31,10 @@ from PIL import Image
 
 import covers
 from covers.data import DataBundle, prepare_data
-from covers.knn.baseline import split_rows
+from covers.knn.baseline import create_knn_model, split_rows
 from covers.reporting.figures import plot_confusion_matrix
 from covers.serving.cover_model import CoverModel, quiet_any_hint
+from covers.serving.gate import GateResult, chance_level, gate
 from covers.tracking import registry, runs
 from covers.training.metrics import classification_metrics
 
@@ -141,7 +146,7 @@ def _no_cache(_dir: str, names: list[str]) -> list[str]:
 
 def champion_accuracy(champion: ModelVersion, bundle: DataBundle) -> tuple[float, str]:
     """The champion's test accuracy on ``bundle``'s test split: its recorded one if it was measured on the same
-    manifest, else measured now (by genre name, so a different class list still compares)."""
+    manifest, else measured now (by genre name: the caller checks the label sets are equal first)."""
     if champion.tags.get("manifest_hash") == bundle.manifest_hash and "test_acc" in champion.tags:
         return float(champion.tags["test_acc"]), "recorded on the same test split"
     log.warning("champion v%s was tested on another manifest: evaluating it on this test split", champion.version)
@@ -149,6 +154,89 @@ def champion_accuracy(champion: ModelVersion, bundle: DataBundle) -> tuple[float
     images, table = split_rows(bundle, "test")
     pred = np.asarray(model.classes)[model.predict_proba(images).argmax(1)]
     return float((pred == table["genre"].to_numpy()).mean()), "measured now on this test split"
+
+
+def version_classes(client: MlflowClient, mv: ModelVersion) -> list[str]:
+    """The genres a registered version predicts: its ``classes`` tag, or (versions registered before the tag) its
+    run's ``data.classes`` param (a Python list literal, read with ``ast.literal_eval``)."""
+    if "classes" in mv.tags:
+        return list(json.loads(mv.tags["classes"]))
+    return list(ast.literal_eval(client.get_run(mv.run_id).data.params["data.classes"]))
+
+
+def default_model_name(config: dict) -> str:
+    """``covers-<data set>``: the source folder's name (``covers-discogs-covers``), else ``data.name``
+    (``covers-demo``); characters other than letters, digits, ``-``, ``_`` and ``.`` become ``-``."""
+    data = config["data"]
+    name = Path(str(data["source"])).name if data.get("source") else str(data["name"])
+    return "covers-" + re.sub(r"[^\w.-]", "-", name)
+
+
+def baseline_predictions(
+    meta: dict, config: dict, bundle: DataBundle, gallery_splits: tuple[str, ...], batch_size: int, device: str
+) -> np.ndarray:
+    """The kNN baseline's test predictions (class indices in ``meta['classes']`` order): the candidate's backbone
+    with its pretrained weights, the gallery splits indexed, the same test covers and input size."""
+    weights = config["model"].get("weights", "package")
+    try:
+        model = create_knn_model(
+            meta["classes"],
+            meta["image_size"],
+            meta["mean"],
+            meta["std"],
+            meta["model_name"],
+            weights,
+            config["model"].get("checkpoint"),
+            device=device,
+            batch_size=batch_size,
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"the kNN baseline ({meta['model_name']}, weights={weights}) could not be built: {e}; "
+            "promote.baseline=none promotes without it"
+        ) from e
+    images, table = split_rows(bundle, *gallery_splits)
+    model.set_gallery(images, table, "flat")
+    test_images, _ = split_rows(bundle, "test")
+    return model.predict_proba(test_images).argmax(1)
+
+
+def test_predictions(client: MlflowClient, run_id: str, classes: list[str], bundle: DataBundle, dest: Path):
+    """Targets and the candidate's predictions on the test split (class indices), from its logged
+    ``test/predictions.csv`` (the one test evaluation), in manifest order."""
+    rows = pd.read_csv(client.download_artifacts(run_id, "test/predictions.csv", str(dest)), dtype=str)
+    _, table = split_rows(bundle, "test")
+    merged = table.merge(rows[["archive", "member", "predicted"]], on=["archive", "member"], how="left")
+    if len(merged) != len(table) or merged["predicted"].isna().any():
+        raise ValueError(f"run {run_id}: test/predictions.csv does not cover the test split of its manifest")
+    index = {c: i for i, c in enumerate(classes)}
+    return merged["genre"].map(index).to_numpy(), merged["predicted"].map(index).to_numpy()
+
+
+def run_gate(
+    client: MlflowClient,
+    run_id: str,
+    meta: dict,
+    config: dict,
+    bundle: DataBundle,
+    baseline: str | None,
+    gallery_splits: tuple[str, ...],
+    batch_size: int,
+    device: str,
+    dest: Path,
+) -> GateResult:
+    """The promotion gate (:mod:`covers.serving.gate`) for the candidate: chance from the training split, the
+    kNN baseline (``baseline='knn'``; none for a kNN candidate, which is the baseline) on the same test covers."""
+    target, pred = test_predictions(client, run_id, meta["classes"], bundle, dest)
+    _, train_labels = bundle.split("train")
+    base = None
+    if baseline == "knn" and meta.get("kind") != "knn":
+        base = baseline_predictions(meta, config, bundle, gallery_splits, batch_size, device)
+    elif baseline not in (None, "none", "knn"):
+        raise ValueError(f"promote.baseline must be knn or none, got {baseline!r}")
+    result = gate(target, pred, chance_level(target, train_labels), base)
+    client.log_dict(run_id, asdict(result), "promotion/gate.json")
+    return result
 
 
 def select_run(
@@ -186,23 +274,55 @@ def test_and_register(
     if test_acc is None:
         test_acc = evaluate_on_test(client, run_id, model, bundle)
     if mv is None:
-        tags = {"test_acc": f"{test_acc:.6f}", "manifest_hash": bundle.manifest_hash, "run_id": run_id}
+        tags = {
+            "test_acc": f"{test_acc:.6f}",
+            "manifest_hash": bundle.manifest_hash,
+            "run_id": run_id,
+            "classes": json.dumps(model.classes),
+        }
         description = describe(run, model.meta, config, test_acc)
         mv = register(model, run, model_name, description, example_png(images), tags)
     return mv, test_acc
 
 
-def decide_alias(client: MlflowClient, mv: ModelVersion, test_acc: float, bundle: DataBundle, alias: str, force: bool):
-    """Compare with the alias holder on this test split; move the alias if the rule (or ``force``) says so."""
+def decide_alias(
+    client: MlflowClient,
+    mv: ModelVersion,
+    test_acc: float,
+    bundle: DataBundle,
+    alias: str,
+    force: bool,
+    checked: GateResult | None = None,
+):
+    """The gate (``checked``) first, then the alias holder: a champion that predicts other genres is not comparable,
+    else compare test accuracies on this split; move the alias if the rules (or ``force``) say so."""
     champion = registry.alias_version(client, mv.name, alias)
     champion_acc, basis = None, "no champion yet"
+    classes = json.loads(mv.tags["classes"]) if "classes" in mv.tags else list(bundle.classes)
+    objections = [f"the gate refused it: {checked.reason}"] if checked is not None and not checked.passed else []
     if champion is not None and champion.version == mv.version:
         champion_acc, basis = test_acc, "same version"
         decision = registry.Decision(True, f"v{mv.version} already holds @{alias}")
     else:
-        if champion is not None:
+        if champion is None:
+            decision = registry.decide(test_acc, None)
+        elif set(theirs := version_classes(client, champion)) != set(classes):
+            basis = "label sets differ"
+            decision = registry.Decision(
+                False,
+                f"the label sets differ: v{champion.version} predicts {theirs}, the candidate {classes}; they are "
+                "not comparable (give it its own promote.model_name; the default is covers-<data set>)",
+            )
+        else:
             champion_acc, basis = champion_accuracy(champion, bundle)
-        decision = registry.decide(test_acc, champion_acc, force)
+            decision = registry.decide(test_acc, champion_acc)
+        if not decision.promote:
+            objections.append(decision.reason)
+        if objections:
+            reason = "; ".join(objections)
+            decision = registry.Decision(force, f"forced although {reason}" if force else reason)
+        elif checked is not None:
+            decision = registry.Decision(True, f"{decision.reason}; the gate passed it")
     if decision.promote:
         client.set_registered_model_alias(mv.name, alias, mv.version)
     return {
@@ -215,11 +335,12 @@ def decide_alias(client: MlflowClient, mv: ModelVersion, test_acc: float, bundle
         "champion_test_acc": champion_acc,
         "champion_basis": basis,
         "promoted": decision.promote,
-        "forced": bool(force and decision.promote and champion_acc is not None and test_acc < champion_acc),
+        "forced": bool(force and decision.promote and decision.reason.startswith("forced")),
         "reason": decision.reason,
+        "gate": asdict(checked) if checked is not None else None,
         "alias_holder": client.get_model_version_by_alias(mv.name, alias).version
         if decision.promote
-        else champion.version,
+        else (champion.version if champion else None),
         "test_manifest_hash": bundle.manifest_hash,
     }
 
@@ -229,14 +350,19 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
     a JSON record, model-version tags; returns the text."""
     name, alias, v = record["model_name"], record["alias"], record["candidate_version"]
     champ = record["champion_version"]
-    before = f"v{champ} test_acc {record['champion_test_acc']:.4f} ({record['champion_basis']})" if champ else "none"
-    outcome = (
-        f"v{v} holds @{alias}" if record["promoted"] else f"v{champ} keeps @{alias} (promote.force=true overrides)"
-    )
-    text = (
-        f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}; "
-        f"champion before: {before}\n  decision: {outcome}: {record['reason']}"
-    )
+    before = f"v{champ} ({record['champion_basis']})" if champ else "none"
+    if champ and record["champion_test_acc"] is not None:
+        before = f"v{champ} test_acc {record['champion_test_acc']:.4f} ({record['champion_basis']})"
+    if record["promoted"]:
+        outcome = f"v{v} holds @{alias}"
+    else:
+        outcome = f"v{champ} keeps @{alias}" if champ else f"no version holds @{alias}"
+        outcome += " (promote.force=true overrides)"
+    lines = [f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}"]
+    if record["gate"] is not None:
+        lines += GateResult(**record["gate"]).lines()
+    lines += [f"champion before: {before}", f"decision: {outcome}: {record['reason']}"]
+    text = "\n  ".join(lines)
     log.info(text)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     client.log_dict(run_id, record, f"promotion/{stamp}.json")
@@ -244,6 +370,9 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
     client.set_tag(run_id, "promotion.reason", record["reason"])
     for key in ("promoted", "forced", "reason", "champion_version", "champion_test_acc"):
         client.set_model_version_tag(name, v, f"promotion.{key}", str(record[key]))
+    if record["gate"] is not None:
+        for key, value in GateResult(**record["gate"]).tags().items():
+            client.set_model_version_tag(name, v, key, value)
     return text
 
 
@@ -269,15 +398,18 @@ def promote(
     study_name: str | None = None,
     parent_run_id: str | None = None,
     run_id: str | None = None,
-    model_name: str = "covers-genre",
+    model_name: str | None = None,
     alias: str = "champion",
     force: bool = False,
+    baseline: str | None = "knn",
     gallery_splits: tuple[str, ...] = ("train",),
     index: str = "flat",
     batch_size: int = 64,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Select a run (``run_id``, else a sweep's best trial), test once, register, decide the alias; the record."""
+    """Select a run (``run_id``, else a sweep's best trial), test once, register (as ``model_name``, default
+    ``covers-<data set>``), gate it against chance and the ``baseline`` (``knn`` | ``none``), decide the alias;
+    the record."""
     mlflow.set_tracking_uri(runs.resolve_sqlite_uri(tracking_uri))
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
@@ -289,9 +421,14 @@ def promote(
         config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml", tmp)).read_text())
         meta = json.loads((model_dir / "meta.json").read_text())
         bundle = load_run_data(client, run, config, meta, cache_dir, Path(tmp))
+        name = model_name or default_model_name(config)
+        splits = tuple(gallery_splits)
         mv, test_acc = test_and_register(
-            client, run, model_dir, config, bundle, model_name, tuple(gallery_splits), index, batch_size, device
+            client, run, model_dir, config, bundle, name, splits, index, batch_size, device
         )
-        record = decide_alias(client, mv, test_acc, bundle, alias, force)
+        checked = run_gate(
+            client, run.info.run_id, meta, config, bundle, baseline, splits, batch_size, device, Path(tmp)
+        )
+        record = decide_alias(client, mv, test_acc, bundle, alias, force, checked)
     report_decision(client, run.info.run_id, record)
     return record

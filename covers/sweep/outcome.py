@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import yaml
 from optuna.trial import TrialState
 
 from covers.sweep.budget import best_trial, counted, own
+from covers.sweep.trial_reporter import INTERVAL_ATTR
 
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -19,6 +20,29 @@ RESULTS_FILE = "optimization_results.yaml"
 def format_params(params: dict[str, Any]) -> str:
     """``optim.lr=0.005312 freeze.n_frozen=1`` (floats to 4 significant digits; the job gets exact values)."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+class BestInterval(NamedTuple):
+    """The best trial's 95 % interval and how many complete trials reach into it (the best included): trials the
+    validation split cannot tell from the best."""
+
+    low: float
+    high: float
+    within: int
+    complete: int
+
+
+def best_interval(study: optuna.Study) -> BestInterval | None:
+    """:class:`BestInterval` of the study's best trial, None when it has no recorded interval (the job records it:
+    :data:`~covers.sweep.trial_reporter.INTERVAL_ATTR`)."""
+    best = best_trial(study)
+    if best is None or INTERVAL_ATTR not in best.user_attrs:
+        return None
+    low, high = best.user_attrs[INTERVAL_ATTR]
+    values = [t.value for t in own(study.get_trials(deepcopy=False)) if t.state == TrialState.COMPLETE]
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    edge = low if sign == 1 else high
+    return BestInterval(low, high, sum(sign * (v - edge) >= 0 for v in values), len(values))
 
 
 def write_results(folder: str | Path, study: optuna.Study) -> Path | None:
@@ -49,6 +73,12 @@ def summary_lines(
     best = best_trial(study)
     if best is not None:
         lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")
+        ci = best_interval(study)
+        if ci is not None:
+            lines.append(
+                f"its 95 % interval: {ci.low:.4f}-{ci.high:.4f}; {ci.within} of {ci.complete} complete trials lie "
+                "within it (the validation split cannot tell them apart)"
+            )
     if parent:
         lines.append(f"MLflow parent run {parent}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
     if results:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from covers.sweep.budget import best_trial, counted
+from covers.sweep.outcome import best_interval
 from covers.sweep.search_space import describe
 from covers.tracking.runs import setup_tracking
 
@@ -128,6 +129,11 @@ def tag_trial_state(study: optuna.Study, number: int) -> None:
 def _tag_best(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:
     best = best_trial(study)
     client.log_metric(parent_run_id, "best_value", float(best.value))
+    ci = best_interval(study)
+    if ci is not None:
+        for key, value in (("best_value_ci_low", ci.low), ("best_value_ci_high", ci.high)):
+            client.log_metric(parent_run_id, key, float(value))
+        client.log_metric(parent_run_id, "trials_within_best_ci", ci.within)
     previous = client.get_run(parent_run_id).data.tags.get("best_trial_number")
     tags = {"best_trial_number": best.number, **{f"best.{mlflow_key(k)}": v for k, v in best.params.items()}}
     _set_tags(client, parent_run_id, tags)

@@ -14,6 +14,10 @@ from optuna.storages import RDBStorage
 
 from covers.sweep.storage import open_storage
 
+# trial user attribute: the 95 % interval [low, high] of the trial's objective (its validation accuracy), which the
+# sweep summary compares the other trials with
+INTERVAL_ATTR = "objective_ci"
+
 
 class TrialReporter:
     """Epoch callback (epochs from 1): report ``metric`` to the trial at that step and raise
@@ -28,6 +32,10 @@ class TrialReporter:
         last = self.epochs is not None and epoch >= self.epochs  # a finished trial is never thrown away
         if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.metric}={value:.4f})")
+
+    def record_interval(self, low: float, high: float) -> None:
+        """The objective's 95 % interval, for the sweep summary (:data:`INTERVAL_ATTR`)."""
+        self.trial.set_user_attr(INTERVAL_ATTR, [float(low), float(high)])
 
 
 @contextmanager

@@ -116,3 +116,16 @@ def decide(candidate_acc: float, champion_acc: float | None, force: bool = False
     if force:
         return Decision(True, f"forced although test_acc {candidate_acc:.4f} < champion's {champion_acc:.4f}")
     return Decision(False, f"test_acc {candidate_acc:.4f} is below the champion's {champion_acc:.4f}")
+
+
+def newest_champion(client: MlflowClient, alias: str = "champion", prefix: str = "covers-") -> str:
+    """``models:/<name>@<alias>`` of the most recently updated registered model named ``prefix*`` that has the
+    alias (one per data set: ``covers-<data set>``)."""
+    models = client.search_registered_models(f"name LIKE {_quote(prefix + '%')}", max_results=1000)
+    holders = [m for m in models if alias in (m.aliases or {})]
+    if not holders:
+        raise LookupError(
+            f"no registered {prefix}* model has the alias @{alias}: python experiments/promote.py makes one"
+        )
+    newest = max(holders, key=lambda m: m.last_updated_timestamp or 0)
+    return f"models:/{newest.name}@{alias}"

@@ -15,6 +15,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from covers.training.intervals import interval_metrics
+
 
 def metric_key(name: str) -> str:
     """``name`` with characters MLflow refuses in metric keys replaced by ``_`` (``R&B`` → ``R_B``)."""
@@ -24,8 +26,9 @@ def metric_key(name: str) -> str:
 def classification_metrics(
     target: np.ndarray, pred: np.ndarray, classes: Sequence[str], prefix: str = "test_"
 ) -> tuple[dict[str, float], pd.DataFrame, str]:
-    """Metric dict (``test_acc``, ``test_balanced_acc``, ``test_macro_f1``, ``test_f1.<class>`` …), the per-class
-    table (precision, recall, f1, support) and scikit-learn's text report."""
+    """Metric dict (``test_acc``, ``test_balanced_acc``, ``test_macro_f1``, ``test_f1.<class>`` …, with 95 %
+    intervals ``test_acc_ci_low/high`` and ``test_balanced_acc_ci_low/high``), the per-class table (precision,
+    recall, f1, support) and scikit-learn's text report."""
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(target, pred, labels=labels, zero_division=0)
     table = pd.DataFrame(
@@ -35,6 +38,7 @@ def classification_metrics(
         f"{prefix}acc": float(accuracy_score(target, pred)),
         f"{prefix}balanced_acc": float(balanced_accuracy_score(target, pred)),
         f"{prefix}macro_f1": float(f1_score(target, pred, labels=labels, average="macro", zero_division=0)),
+        **interval_metrics(target, pred, prefix),
     }
     for row in table.itertuples(index=False):
         for stat in ("precision", "recall", "f1"):
