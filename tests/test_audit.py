@@ -267,8 +267,9 @@ def test_real_covers_audit_finds_the_duplicate_pair_and_grayscale_covers(real_au
 def test_real_covers_manifest_is_leakage_free_and_report_complete(real_audit):
     report, out = real_audit
     manifest = read_manifest(out / "manifest.csv")
-    assert list(manifest.columns) == ["archive", "member", "label", "split", "sha256"] and len(manifest) == 150
+    assert list(manifest.columns) == ["archive", "member", "label", "split", "sha256", "group"] and len(manifest) == 150
     assert report["leakage"] == 0 and (manifest.groupby("sha256")["split"].nunique() == 1).all()
+    assert (manifest.groupby("group")["split"].nunique() == 1).all(), "look-alike groups, kept for the folds"
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert sum(report["classes"].values()) == 150 and len(report["classes"]) == 10
     for name in report["plots"]:

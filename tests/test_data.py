@@ -66,7 +66,7 @@ def test_manifest_roundtrip(album_covers, tmp_path):
     df = build_manifest(scan_source(album_covers).covers)
     path = write_manifest(df, tmp_path / "m" / "manifest.csv")
     back = read_manifest(path)
-    assert list(back.columns) == ["archive", "member", "label", "split", "sha256"] and back.equals(df)
+    assert list(back.columns) == ["archive", "member", "label", "split", "sha256", "group"] and back.equals(df)
 
 
 def _png(color=(255, 0, 0), mode="RGB", size=(40, 40)) -> bytes:

@@ -24,7 +24,7 @@ from covers.data.store import load_image_store
 
 log = logging.getLogger(__name__)
 
-CLEAN_VERSION = 1  # bump when cleaning changes what a manifest holds, so cached manifests are rebuilt
+CLEAN_VERSION = 2  # bump when cleaning changes what a manifest holds, so cached manifests are rebuilt
 
 
 @dataclass
@@ -49,6 +49,12 @@ class DataBundle:
 
     def counts(self) -> dict[str, int]:
         return {s: int((self.manifest["split"] == s).sum()) for s in SPLITS}
+
+    def with_splits(self, split: np.ndarray) -> DataBundle:
+        """The same covers and images under another ``split`` column (a cross-validation fold); the manifest file,
+        what the run logs and ``promote`` reloads, stays this bundle's."""
+        manifest = self.manifest.assign(split=split)
+        return DataBundle(self.source, self.manifest_path, manifest, self.classes, self.images, self.labels)
 
     def subset(self, keep: np.ndarray, manifest_dir: str | Path) -> DataBundle:
         """The bundle restricted to the rows where ``keep`` is true (classes unchanged), its manifest written to

@@ -17,6 +17,9 @@ from covers.data.archives import Cover
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["archive", "member", "label", "split", "sha256"]
+# the look-alike group of each row (covers sharing one share every split and fold); optional in a given manifest,
+# where it defaults to the sha256 (exact copies), and not part of the manifest's content hash
+GROUP_COLUMN = "group"
 SPLITS = ("train", "val", "test")
 
 
@@ -88,10 +91,10 @@ def build_manifest(
     df = pd.DataFrame(
         [{"archive": c.archive, "member": c.member, "label": c.label, "sha256": c.sha256} for c in covers]
     )
-    df["group"] = df["sha256"] if groups is None else list(groups)
+    df["group"] = df["sha256"] if groups is None else [str(g) for g in groups]  # as a manifest CSV reads back
     df = df.sort_values(["label", "archive", "member"], kind="stable").reset_index(drop=True)
     df["split"] = assign_splits(df["label"].to_numpy(), df["group"].to_numpy(), val_fraction, test_fraction, seed)
-    return df[MANIFEST_COLUMNS]
+    return df[[*MANIFEST_COLUMNS, GROUP_COLUMN]]
 
 
 def count_leakage(manifest: pd.DataFrame, group_of: Mapping[tuple[str, str], Hashable]) -> int:
@@ -119,6 +122,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     bad = set(df["split"]) - set(SPLITS)
     if bad:
         raise ValueError(f"manifest {path} has unknown split values {sorted(bad)}")
+    if GROUP_COLUMN not in df:
+        df[GROUP_COLUMN] = df["sha256"]
     return df
 
 

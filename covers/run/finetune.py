@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import mlflow
 import optuna
+import timm.utils
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -19,6 +20,7 @@ from covers.data.loaders import create_loader
 from covers.data.transforms import create_eval_transform
 from covers.reporting.figures import plot_confusion_matrix, plot_learning_curves
 from covers.run.context import RunContext, build_context, loader_workers, trial_and_run
+from covers.run.members import Member, combine, n_members, plan_members, running_mean
 from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
 from covers.training.checkpoint import load_checkpoint, save_checkpoint
@@ -54,16 +56,21 @@ class Training(NamedTuple):
     val_loader: Any
 
 
-def build_training(cfg: DictConfig, ctx: RunContext) -> Training:
-    """Model (with frozen groups), loss (``balanced`` class weights from the train split) and the loaders."""
-    bundle, spec = ctx.bundle, ctx.spec
+def build_training(
+    cfg: DictConfig, ctx: RunContext, bundle: DataBundle | None = None, seed: int | None = None
+) -> Training:
+    """Model (with frozen groups), loss (``balanced`` class weights from the train split) and the loaders, on
+    ``bundle`` (default: the run's) with ``seed`` (default ``cfg.seed``; every RNG is seeded with it first)."""
+    bundle, spec = bundle or ctx.bundle, ctx.spec
+    seed = int(cfg.seed if seed is None else seed)
+    timm.utils.random_seed(seed)
     model = instantiate(cfg.model, num_classes=len(bundle.classes))
     instantiate(cfg.freeze)(model)
     if cfg.trainer.get("compile"):
         model.compile()  # in place: state-dict keys stay those of the plain model
     train_images, train_labels = bundle.split("train")
     loss_fn = instantiate(cfg.loss, **resolve_class_weights(cfg.loss, train_labels, len(bundle.classes)))
-    train_tf = instantiate(cfg.aug)(spec["image_size"], seed=cfg.seed)
+    train_tf = instantiate(cfg.aug)(spec["image_size"], seed=seed)
     eval_tf = create_eval_transform(spec["image_size"])
     d = cfg.data
     common = {
@@ -74,7 +81,7 @@ def build_training(cfg: DictConfig, ctx: RunContext) -> Training:
     }
     sampler = d.get("sampler") or "shuffle"
     train_loader = create_loader(
-        train_images, train_labels, train_tf, d.batch_size, True, seed=cfg.seed, sampler=sampler, **common
+        train_images, train_labels, train_tf, d.batch_size, True, seed=seed, sampler=sampler, **common
     )
     val_loader = create_loader(*bundle.split("val"), eval_tf, d.eval_batch_size, False, **common)
     return Training(model, loss_fn, train_loader, val_loader)
@@ -104,6 +111,9 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: di
             "summary/epochs_completed": len(result.history),
         }
     )
+    if result.val_target is not None:
+        low, high = objective_interval(result)
+        mlflow.log_metrics({"summary/best_val_acc_ci_low": low, "summary/best_val_acc_ci_high": high})
     if result.history:
         mlflow.log_metric("summary/train_acc_at_best", result.history[result.best_epoch]["train_acc"])
     runs.log_figure(plot_learning_curves(result.history, run_name(cfg)), "plots/learning_curves.png")
@@ -111,12 +121,7 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: di
         metrics, _, _ = classification_metrics(
             result.val_target, result.best_val_pred, bundle.classes, "summary/best_val_"
         )
-        keep = (
-            "summary/best_val_balanced_acc",
-            "summary/best_val_macro_f1",
-            "summary/best_val_recall.",
-            "summary/best_val_acc_ci",
-        )
+        keep = ("summary/best_val_balanced_acc", "summary/best_val_macro_f1", "summary/best_val_recall.")
         mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith(keep)})
         title = f"validation, best epoch {result.best_epoch + 1}"
         fig = plot_confusion_matrix(result.val_target, result.best_val_pred, bundle.classes, title)
@@ -131,20 +136,48 @@ def log_results(cfg: DictConfig, result: FitResult, bundle: DataBundle, spec: di
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
+def objective_interval(result: FitResult) -> tuple[float, float]:
+    """The 95 % Wilson interval of ``best_val_acc`` on the distinct validation covers behind it (for members:
+    their mean accuracy over the pooled covers; out-of-fold with ``data.cv_folds``, so every train+val cover)."""
+    n = len(result.val_target)
+    return wilson_interval(round(result.best_val_acc * n), n)
+
+
 def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     """Train one configuration; returns a dict with ``summary/best_val_acc`` (the sweep objective,
-    ``optimized_metric``).
+    ``optimized_metric``). With ``data.cv_folds`` or ``trial.repeats`` (:mod:`covers.run.members`) it trains
+    every member in turn, each member's curves under ``<member>/epoch/``, and the objective is their mean.
 
     The MLflow run opens first, so any failure (data, model, training) ends it FAILED with its traceback."""
-    with trial_and_run(cfg, run_name(cfg), int(cfg.trainer.epochs)) as (reporter, run):
+    epochs = int(cfg.trainer.epochs)
+    with trial_and_run(cfg, run_name(cfg), epochs * n_members(cfg)) as (reporter, run):
         ctx = build_context(cfg)
         if not cfg.trial.get("resume_run_id"):  # a continued run has its params (those of its first rung)
             log_run_record(cfg, ctx.bundle, ctx.spec)
-        result = _fit(cfg, ctx, [reporter, on_epoch_end])
-        if reporter is not None and result.best_val_pred is not None:
-            reporter.record_interval(
-                *wilson_interval(int((result.best_val_pred == result.val_target).sum()), len(result.val_target))
+        members, folds = plan_members(cfg, ctx.bundle)
+        if folds is not None:
+            mlflow.log_text(
+                ctx.bundle.manifest[["archive", "member"]].assign(fold=folds + 1).to_csv(index=False), "data/folds.csv"
             )
+        results: list[FitResult] = []
+        try:
+            for i, member in enumerate(members):
+                report = reporter if member.name is None else running_mean(reporter, results, i, epochs)
+                _fit(cfg, ctx, member, [report, on_epoch_end], results)
+                if member.name is not None:
+                    _log_member(member.name, results[-1])
+        except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)
+            name = f"{run_name(cfg)} (pruned at epoch {len(results[-1].history)})"
+            mlflow.set_tags({"pruned": "true", "pruned_at_epoch": len(results[-1].history), "mlflow.runName": name})
+            log_results(cfg, combine(results, members), ctx.bundle, ctx.spec, with_model=False)
+            raise
+        result = combine(results, members)
+        if len(members) > 1:  # the members' mean curves, as a plain run's epoch/ metrics (the UI's charts)
+            for epoch, metrics in enumerate(result.history, start=1):
+                mlflow.log_metrics({f"{runs.EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+        log_results(cfg, result, ctx.bundle, ctx.spec)
+        if reporter is not None and result.val_target is not None:
+            reporter.record_interval(*objective_interval(result))
     best = result.best_val_acc if math.isfinite(result.best_val_acc) else float("nan")
     return {
         "summary/best_val_acc": best,
@@ -153,6 +186,14 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
         "history": result.history,
         "val_loss_at_best": result.history[result.best_epoch]["val_loss"] if result.history else math.nan,
     }
+
+
+def _log_member(name: str, result: FitResult) -> None:
+    """A member's own summary: ``<member>/summary/best_val_acc``, ``best_epoch`` and ``val_covers``."""
+    summary = {"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch + 1}
+    if result.val_target is not None:
+        summary["val_covers"] = len(result.val_target)
+    mlflow.log_metrics({f"{name}/summary/{k}": v for k, v in summary.items()})
 
 
 CHECKPOINT = "checkpoint/last.pt"  # the run's checkpoint artifact (multi-fidelity: the next rung starts from it)
@@ -177,41 +218,37 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _fit(cfg: DictConfig, ctx: RunContext, callbacks: list) -> FitResult:
-    parts = build_training(cfg, ctx)
+def _fit(cfg: DictConfig, ctx: RunContext, member: Member, callbacks: list, results: list[FitResult]) -> None:
+    """Train one member; its result is appended to ``results`` first and filled as epochs end, so a pruned
+    member keeps what it reached."""
+    parts = build_training(cfg, ctx, member.bundle, member.seed)
     optimizer, result, lr = _start(cfg, parts, ctx)
+    results.append(result)
     start = len(result.history)
     steps = (cfg.trainer.epochs - start) * len(parts.train_loader)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, steps, lr, cfg.optim.warmup_pct)
-    log_epoch = runs.epoch_logger(*callbacks)
+    prefix = runs.EPOCH_PREFIX if member.name is None else f"{member.name}/{runs.EPOCH_PREFIX}"
+    log_epoch = runs.epoch_logger(*callbacks, prefix=prefix)
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:  # each epoch's image size (it changes across rungs)
         metrics["image_size"] = ctx.spec["image_size"]
         log_epoch(epoch, metrics)
 
-    try:
-        fit(
-            parts.model,
-            parts.train_loader,
-            parts.val_loader,
-            parts.loss_fn,
-            optimizer,
-            scheduler,
-            cfg.trainer.epochs,
-            ctx.rt,
-            on_epoch_end=on_epoch_end,
-            result=result,
-            ema_decay=cfg.trainer.get("ema_decay"),
-            mix=instantiate(cfg.mixup)(len(ctx.bundle.classes), batch_size=cfg.data.batch_size),
-            start_epoch=start,
-        )
-    except optuna.TrialPruned:  # FINISHED in MLflow, marked in its name and tags (the sweeper adds trial_state)
-        name = f"{run_name(cfg)} (pruned at epoch {len(result.history)})"
-        mlflow.set_tags({"pruned": "true", "pruned_at_epoch": len(result.history), "mlflow.runName": name})
-        log_results(cfg, result, ctx.bundle, ctx.spec, with_model=False)
-        raise
-    log_results(cfg, result, ctx.bundle, ctx.spec)
+    fit(
+        parts.model,
+        parts.train_loader,
+        parts.val_loader,
+        parts.loss_fn,
+        optimizer,
+        scheduler,
+        cfg.trainer.epochs,
+        ctx.rt,
+        on_epoch_end=on_epoch_end,
+        result=result,
+        ema_decay=cfg.trainer.get("ema_decay"),
+        mix=instantiate(cfg.mixup)(len(ctx.bundle.classes), batch_size=cfg.data.batch_size),
+        start_epoch=start,
+    )
     if cfg.trial.get("checkpoint"):  # a rung that may be promoted: the next one continues from here
         with runs.artifact_dir("checkpoint") as tmp:
             save_checkpoint(tmp / "last.pt", parts.model, optimizer, result, lr)
-    return result

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from covers.knn.baseline import cached_embeddings, evaluate_knn, split_rows
 from covers.reporting.figures import plot_confusion_matrix
 from covers.run.context import build_context, trial_and_run
+from covers.run.members import n_members
 from covers.run.record import log_run_record, model_meta
 from covers.tracking import runs
 from covers.training.intervals import wilson_interval
@@ -36,6 +37,8 @@ def run_knn(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
     with trial_and_run(cfg, run_name(cfg), 1, **{"model.kind": "knn"}) as (reporter, run):
         ctx = build_context(cfg)
         bundle = ctx.bundle
+        if n_members(cfg) > 1:
+            log.warning("the kNN baseline trains nothing: data.cv_folds and trial.repeats are ignored")
         log_run_record(cfg, bundle, ctx.spec, groups=[k for k in cfg if k not in UNUSED_GROUPS])
         model = instantiate(
             cfg.model,

@@ -38,6 +38,7 @@ def run_params(resolved: dict, bundle: DataBundle, spec: dict[str, Any], groups:
             "data.num_classes": len(bundle.classes),
             "data.classes": bundle.classes,
             "data.resolved_image_size": spec["image_size"],
+            "trial.repeats": resolved.get("trial", {}).get("repeats", 1),
             **{f"data.n_{k}": v for k, v in bundle.counts().items()},
         }
     )

@@ -203,13 +203,15 @@ def log_figure(fig: Any, artifact_file: str, run_id: str | None = None, client: 
         plt.close(fig)
 
 
-def epoch_logger(*callbacks: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
+def epoch_logger(
+    *callbacks: Callable[[int, dict], None] | None, prefix: str = EPOCH_PREFIX
+) -> Callable[[int, dict], None]:
     """An ``on_epoch_end`` that logs the epoch's metrics to the active run as ``epoch/<name>`` (step = epoch, from
-    1; see :data:`EPOCH_PREFIX`), then calls each
+    1; see :data:`EPOCH_PREFIX`; another ``prefix``, e.g. a fold's ``fold_2/epoch/``), then calls each
     callback given (the pruning reporter, a user's hook; ``None`` entries are skipped)."""
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        mlflow.log_metrics({f"{EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch)
         for callback in callbacks:
             if callback is not None:
                 callback(epoch, metrics)
