@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,8 @@ from covers.data import prepare_data
 from covers.data.loaders import create_loader
 from covers.data.transforms import create_eval_transform
 from covers.models.create import create_model
-from covers.serving.cover_model import read_image
+from covers.serving.cover_model import CoverModel, read_image
+from covers.serving.ensemble import Composition, log_composition
 from covers.serving.promote import champion_accuracy, promote
 from covers.tracking import registry
 from covers.tracking.registry import Candidate, decide, rank_candidates
@@ -75,7 +77,8 @@ def store(tmp_path_factory, cache_dir) -> dict:
 def _trials(client, study: str) -> list:
     exp = client.get_experiment_by_name("covers")
     (parent,) = client.search_runs([exp.experiment_id], f"tags.`covers.kind` = 'sweep' and tags.study_name = '{study}'")
-    return client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`covers.kind` = 'trial'"  # not ensembles
+    return client.search_runs([exp.experiment_id], query)
 
 
 def _manifest(client, run, dest: Path) -> pd.DataFrame:
@@ -309,3 +312,72 @@ def test_rank_candidates(candidates, winner):
 )
 def test_decide(candidate, champion, force, promoted):
     assert decide(candidate, champion, force).promote is promoted
+
+
+def test_promote_tries_an_ensemble_and_tta_and_adopts_only_what_beats_the_single_model(store, cache_dir):
+    client = store["client"]
+    kw = {"tracking_uri": _uri(store["root"]), "experiment": "covers", "cache_dir": str(cache_dir), "device": "cpu"}
+    rec = promote(study_name="ft", ensemble={"top_k": 2}, tta=True, alias="composed", baseline="none", **kw)
+    comp = rec["composition"]
+    assert set(comp["val_acc"]) == {"single", "ensemble", "tta"} and all(v > 0 for v in comp["latency_ms"].values())
+    acc = comp["val_acc"]
+    assert ("ensemble" in comp["adopted"]) == (acc["ensemble"] > acc["single"])
+    assert ("tta" in comp["adopted"]) == (
+        acc["tta"] > max(acc["single"], acc["ensemble"] * ("ensemble" in comp["adopted"]))
+    )
+    run = client.get_run(rec["candidate_run_id"])
+    best = client.get_run(client.get_model_version_by_alias(NAME, "champion").run_id)
+    if comp["adopted"]:
+        assert (
+            run.data.tags["covers.kind"] == "ensemble"
+            and run.data.tags["mlflow.parentRunId"] == best.data.tags["mlflow.parentRunId"]
+        )
+        assert run.data.params["ensemble.members"].split(",")[0] == best.info.run_id
+    else:
+        assert run.info.run_id == best.info.run_id, "nothing adopted: the single best trial is the candidate"
+
+
+def test_a_registered_ensemble_predicts_the_mean_through_the_cli(store, cache_dir, tmp_path):
+    """An ensemble of the sweep's two trials (with TTA), logged and promoted as promote logs an adopted one, then
+    predicted from the registry by ``python -m covers predict``."""
+    client = store["client"]
+    trials = _trials(client, "ft")
+    models = [
+        CoverModel.from_dir(client.download_artifacts(r.info.run_id, "model", str(tmp_path / r.info.run_id)), "cpu")
+        for r in trials
+    ]
+    composed = replace(
+        models[0],
+        meta={**models[0].meta, "ensemble": [{"run_id": trials[1].info.run_id}], "tta": ["identity", "hflip"]},
+        members=[models[1].net],
+    )
+    comp = Composition(
+        composed,
+        trials,
+        ["ensemble", "tta"],
+        {"single": 0.5, "ensemble": 0.6, "tta": 0.7},
+        {"single": 1.0, "ensemble": 2.0, "tta": 4.0},
+    )
+    files = tmp_path / "best-files"
+    for sub in ("config", "data"):
+        client.download_artifacts(trials[0].info.run_id, sub, str(files))
+    run = log_composition(client, comp, files, tmp_path)
+    assert log_composition(client, comp, files, tmp_path).info.run_id == run.info.run_id, "the same composition: reused"
+    kw = {"tracking_uri": _uri(store["root"]), "experiment": "covers", "cache_dir": str(cache_dir), "device": "cpu"}
+    rec = promote(run_id=run.info.run_id, alias="ensemble", baseline="none", force=True, **kw)
+    version = rec["candidate_version"]
+
+    folder = tmp_path / "covers"
+    folder.mkdir()
+    with zipfile.ZipFile(store["demo"] / "Rock.zip") as zf:
+        for name in zf.namelist()[:3]:
+            (folder / Path(name).name).write_bytes(zf.read(name))
+    cmd = [sys.executable, "-m", "covers", "predict", str(folder), "--json", "--top-k", "8"]
+    cmd += ["--model", f"models:/{NAME}/{version}", "--tracking-uri", _uri(store["root"])]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images, _ = models[0].prepare(sorted(str(p) for p in folder.iterdir()))
+    expected = np.mean([m.predict_proba(images[:, :, ::-1]) + m.predict_proba(images) for m in models], axis=0) / 2
+    for row, probs in zip(sorted(json.loads(proc.stdout), key=lambda r: r["file"]), expected, strict=True):
+        got = {p["genre"]: p["probability"] for p in row["predictions"]}
+        assert [got[c] for c in models[0].classes] == pytest.approx(probs, abs=1e-5)

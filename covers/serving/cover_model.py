@@ -29,6 +29,7 @@ from covers.data.archives import decode_rgb, fit_square, to_rgb
 from covers.data.members import IngestLimits
 from covers.knn import faiss_index
 from covers.models.embed import create_backbone, embed_images, map_batches
+from covers.serving import tta
 from covers.training.runtime import Runtime, create_runtime
 
 if TYPE_CHECKING:
@@ -106,7 +107,12 @@ def describe_error(e: Exception) -> str:
 
 @dataclass
 class CoverModel:
-    """Classifier (``kind: classifier``) or kNN model (``kind: knn``) with its preprocessing and gallery."""
+    """Classifier (``kind: classifier``) or kNN model (``kind: knn``) with its preprocessing and gallery.
+
+    A classifier may be an ensemble: ``members`` are further networks of the same classes and input (described in
+    ``meta["ensemble"]``) whose class probabilities are averaged with ``net``'s; ``meta["tta"]`` names test-time
+    augmentation views (:mod:`covers.serving.tta`) averaged the same way. ``net`` alone embeds covers for the
+    gallery and :meth:`similar`."""
 
     net: nn.Module
     meta: dict[str, Any]
@@ -114,9 +120,11 @@ class CoverModel:
     gallery_table: pd.DataFrame | None = None
     rt: Runtime = field(default_factory=lambda: create_runtime("auto", "fp32"))
     batch_size: int = 64
+    members: list[nn.Module] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.rt.place(self.net.eval())
+        for net in (self.net, *self.members):
+            self.rt.place(net.eval())
 
     @property
     def kind(self) -> str:
@@ -139,7 +147,12 @@ class CoverModel:
             net = create_backbone(meta["model_name"], meta.get("weights", "package"), meta.get("checkpoint"))
         else:
             raise FileNotFoundError(f"{path} has no state_dict.pt")
-        model = cls(net, meta, rt=create_runtime(device, "fp32"), batch_size=batch_size)
+        members = []
+        for i, _ in enumerate(meta.get("ensemble", []), start=1):
+            member = timm.create_model(meta["model_name"], num_classes=meta["num_classes"])
+            member.load_state_dict(torch.load(path / f"member_{i}.pt", map_location="cpu", weights_only=True))
+            members.append(member)
+        model = cls(net, meta, rt=create_runtime(device, "fp32"), batch_size=batch_size, members=members)
         if (path / "gallery.faiss").exists():
             model.gallery = faiss_index.load_index(path / "gallery.faiss")
             model.gallery_table = pd.read_csv(path / "gallery.csv", dtype=str, keep_default_na=False)
@@ -151,6 +164,8 @@ class CoverModel:
         path.mkdir(parents=True, exist_ok=True)
         (path / "meta.json").write_text(json.dumps(self.meta, indent=2))
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, path / "state_dict.pt")
+        for i, member in enumerate(self.members, start=1):
+            torch.save({k: v.detach().cpu() for k, v in member.state_dict().items()}, path / f"member_{i}.pt")
         if self.gallery is not None:
             faiss_index.save_index(self.gallery, path / "gallery.faiss")
             columns = [c for c in (*GALLERY_COLUMNS, PIXELS_COLUMN) if c in self.gallery_table]
@@ -183,9 +198,14 @@ class CoverModel:
         """Class probabilities ``(N, C)``: softmax of the classifier, or the kNN vote over the gallery."""
         if len(images) == 0:
             return np.zeros((0, len(self.classes)))
-        if self.kind != "knn":
-            return self._map(lambda x: self.net(x).softmax(-1), images, "predict").astype(np.float64)
-        return self.vote(self.embed(images))
+        if self.kind == "knn":
+            return self.vote(self.embed(images))
+        nets, looks = [self.net, *self.members], tta.views(self.meta.get("tta"))
+
+        def mean_probs(x: torch.Tensor) -> torch.Tensor:  # every network on every view, averaged
+            return torch.stack([net(look(x)).softmax(-1) for net in nets for look in looks]).mean(0)
+
+        return self._map(mean_probs, images, "predict").astype(np.float64)
 
     def vote(self, embeddings: np.ndarray) -> np.ndarray:
         """kNN class probabilities of ``embeddings`` against the gallery (``meta["knn"]``: k, weighting, …)."""

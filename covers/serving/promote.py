@@ -34,6 +34,7 @@ from covers.data import DataBundle, prepare_data
 from covers.knn.baseline import create_knn_model, split_rows
 from covers.reporting.figures import plot_confusion_matrix
 from covers.serving.cover_model import CoverModel, quiet_any_hint
+from covers.serving.ensemble import Composition, compose, log_composition
 from covers.serving.gate import GateResult, chance_level, gate
 from covers.tracking import registry, runs
 from covers.training.metrics import classification_metrics
@@ -359,6 +360,8 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
         outcome = f"v{champ} keeps @{alias}" if champ else f"no version holds @{alias}"
         outcome += " (promote.force=true overrides)"
     lines = [f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}"]
+    if record.get("composition"):
+        lines += Composition(None, [], **record["composition"]).lines()
     if record["gate"] is not None:
         lines += GateResult(**record["gate"]).lines()
     lines += [f"champion before: {before}", f"decision: {outcome}: {record['reason']}"]
@@ -390,6 +393,44 @@ def no_download_bars() -> Iterator[None]:
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
 
 
+def try_compositions(
+    client: MlflowClient,
+    run: Run,
+    model_dir: Path,
+    config: dict,
+    bundle: DataBundle,
+    top_k: int,
+    tta: bool,
+    device: str,
+    batch_size: int,
+    dest: Path,
+) -> tuple[Run, Path, Composition | None]:
+    """The ensemble of the sweep's ``top_k`` best trials and TTA (:mod:`covers.serving.ensemble`): the run and
+    model folder to promote (an adopted composition's own run, else ``run``'s) and what was tried."""
+    if config["data"].get("cv_folds"):
+        log.warning("promote.ensemble and promote.tta are skipped: a cross-validated run's model saw validation covers")
+        return run, model_dir, None
+    ranked: list[Run] = []
+    if top_k > 1:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if not parent:
+            raise ValueError(f"promote.ensemble.top_k={top_k} needs a sweep's trial; run {run.info.run_id} is not one")
+        ranked = [r for r in registry.ranked_trials(client, client.get_run(parent)) if r.info.run_id != run.info.run_id]
+
+    def fetch(other: Run) -> Path:
+        return Path(client.download_artifacts(other.info.run_id, "model", str(dest / other.info.run_id)))
+
+    single = CoverModel.from_dir(model_dir, device, batch_size)
+    comp = compose(single, run, ranked, fetch, bundle, top_k, tta, device, batch_size)
+    if not comp.adopted:
+        return run, model_dir, comp
+    best_files = dest / "best-files"
+    for sub in ("config", "data"):
+        client.download_artifacts(run.info.run_id, sub, str(best_files))
+    composed = log_composition(client, comp, best_files, dest)
+    return composed, Path(client.download_artifacts(composed.info.run_id, "model", str(dest / "composed-run"))), comp
+
+
 @no_download_bars()
 def promote(
     tracking_uri: str,
@@ -402,6 +443,8 @@ def promote(
     alias: str = "champion",
     force: bool = False,
     baseline: str | None = "knn",
+    ensemble: dict | None = None,
+    tta: bool = False,
     gallery_splits: tuple[str, ...] = ("train",),
     index: str = "flat",
     batch_size: int = 64,
@@ -409,7 +452,8 @@ def promote(
 ) -> dict[str, Any]:
     """Select a run (``run_id``, else a sweep's best trial), test once, register (as ``model_name``, default
     ``covers-<data set>``), gate it against chance and the ``baseline`` (``knn`` | ``none``), decide the alias;
-    the record."""
+    the record. ``ensemble={"top_k": K}`` and ``tta`` try an ensemble of the sweep's K best trials and test-time
+    augmentation first, each adopted only when it beats the single best model on validation."""
     mlflow.set_tracking_uri(runs.resolve_sqlite_uri(tracking_uri))
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
@@ -422,6 +466,12 @@ def promote(
         meta = json.loads((model_dir / "meta.json").read_text())
         bundle = load_run_data(client, run, config, meta, cache_dir, Path(tmp))
         name = model_name or default_model_name(config)
+        top_k, comp = int((ensemble or {}).get("top_k") or 1), None
+        if top_k > 1 or tta:
+            run, model_dir, comp = try_compositions(
+                client, run, model_dir, config, bundle, top_k, tta, device, batch_size, Path(tmp)
+            )
+            meta = json.loads((model_dir / "meta.json").read_text())
         splits = tuple(gallery_splits)
         mv, test_acc = test_and_register(
             client, run, model_dir, config, bundle, name, splits, index, batch_size, device
@@ -430,5 +480,8 @@ def promote(
             client, run.info.run_id, meta, config, bundle, baseline, splits, batch_size, device, Path(tmp)
         )
         record = decide_alias(client, mv, test_acc, bundle, alias, force, checked)
+        record["composition"] = (
+            {"adopted": comp.adopted, "val_acc": comp.val_acc, "latency_ms": comp.latency_ms} if comp else None
+        )
     report_decision(client, run.info.run_id, record)
     return record

@@ -65,32 +65,40 @@ def rank_candidates(candidates: list[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.best_val_acc, c.val_loss, c.start_time, c.run_id))
 
 
-def best_trial(client: MlflowClient, parent: Run) -> Run:
-    """The finished trial of a sweep with the highest ``summary/best_val_acc`` and a logged model (ties: see
-    Candidate)."""
+def ranked_trials(client: MlflowClient, parent: Run) -> list[Run]:
+    """The finished trials of a sweep with ``summary/best_val_acc`` and a logged model, best first (ties: see
+    :class:`Candidate`; the validation loss is read only for tied runs)."""
     query = f"tags.mlflow.parentRunId = {_quote(parent.info.run_id)} and attributes.status = 'FINISHED'"
     runs = client.search_runs([parent.info.experiment_id], query, max_results=10_000)
     runs = [
         r
         for r in runs
-        if math.isfinite(r.data.metrics.get("summary/best_val_acc", math.nan))
+        if r.data.tags.get("covers.kind") != "ensemble"
+        and math.isfinite(r.data.metrics.get("summary/best_val_acc", math.nan))
         and r.data.params.get("tracking.log_model", "True") == "True"
     ]
     if not runs:
         raise LookupError(f"sweep {parent.info.run_name!r} has no finished trial with summary/best_val_acc and a model")
-    top = max(r.data.metrics["summary/best_val_acc"] for r in runs)
-    tied = [r for r in runs if r.data.metrics["summary/best_val_acc"] == top]
-    by_id = {r.info.run_id: r for r in tied}
+    accs = [r.data.metrics["summary/best_val_acc"] for r in runs]
+    by_id = {r.info.run_id: r for r in runs}
     ranked = rank_candidates(
         [
-            Candidate(top, val_loss_at_best(client, r) if len(tied) > 1 else math.inf, r.info.start_time, i)
-            for i, r in by_id.items()
+            Candidate(acc, val_loss_at_best(client, r) if accs.count(acc) > 1 else math.inf, r.info.start_time, i)
+            for (i, r), acc in zip(by_id.items(), accs, strict=True)
         ]
     )
+    return [by_id[c.run_id] for c in ranked]
+
+
+def best_trial(client: MlflowClient, parent: Run) -> Run:
+    """The first of :func:`ranked_trials`."""
+    ranked = ranked_trials(client, parent)
+    top = ranked[0].data.metrics["summary/best_val_acc"]
+    tied = sum(r.data.metrics["summary/best_val_acc"] == top for r in ranked)
     log.info(
-        "best of %d trials: run %s (summary/best_val_acc=%.4f, %d tied)", len(runs), ranked[0].run_id, top, len(tied)
+        "best of %d trials: run %s (summary/best_val_acc=%.4f, %d tied)", len(ranked), ranked[0].info.run_id, top, tied
     )
-    return by_id[ranked[0].run_id]
+    return ranked[0]
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
