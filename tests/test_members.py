@@ -81,34 +81,6 @@ def test_combine_averages_curves_and_pools_distinct_members():
 
 
 @pytest.mark.slow
-def test_cv_folds_train_each_fold_and_the_objective_is_their_mean(make_cfg):
-    cfg = make_cfg("data.cv_folds=3")
-    out = train(cfg)
-    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
-    run = client.get_run(out["run_id"])
-    m, p = run.data.metrics, run.data.params
-    fold_accs = [m[f"fold_{k}/summary/best_val_acc"] for k in (1, 2, 3)]
-    assert m["summary/best_val_acc"] == pytest.approx(np.mean(fold_accs)) == pytest.approx(out["summary/best_val_acc"])
-    assert p["data.cv_folds"] == "3" and p["trial.repeats"] == "1"
-    pool = int(p["data.n_train"]) + int(p["data.n_val"])
-    assert sum(m[f"fold_{k}/summary/val_covers"] for k in (1, 2, 3)) == pool, "the folds' validation covers"
-    for k in (1, 2, 3):
-        assert [x.step for x in client.get_metric_history(run.info.run_id, f"fold_{k}/epoch/val_acc")] == [1]
-    folds = pd.read_csv(client.download_artifacts(run.info.run_id, "data/folds.csv"))
-    (path,) = [a.path for a in client.list_artifacts(run.info.run_id, "data") if a.path != "data/folds.csv"]
-    manifest = pd.read_csv(client.download_artifacts(run.info.run_id, path), dtype=str)
-    merged = manifest.merge(folds, on=["archive", "member"])
-    assert (merged.loc[merged["split"] == "test", "fold"] == 0).all(), "the test split is in no fold"
-    counted = merged[merged["split"] != "test"]["fold"].value_counts().sort_index()
-    assert list(counted.index) == [1, 2, 3] and counted.tolist() == [
-        m[f"fold_{k}/summary/val_covers"] for k in (1, 2, 3)
-    ]
-    assert (merged[merged["split"] != "test"].groupby("group")["fold"].nunique() == 1).all(), "groups intact"
-    low, high = m["summary/best_val_acc_ci_low"], m["summary/best_val_acc_ci_high"]
-    assert low <= m["summary/best_val_acc"] <= high and high - low < 0.25, "out-of-fold: every train+val cover"
-
-
-@pytest.mark.slow
 def test_repeats_train_with_distinct_seeds_and_average(make_cfg):
     cfg = make_cfg("trial.repeats=2", "trainer.epochs=2")
     out = train(cfg)
@@ -127,13 +99,15 @@ def test_repeats_train_with_distinct_seeds_and_average(make_cfg):
 
 @pytest.mark.slow
 def test_a_cross_validated_sweep_reports_the_running_mean_and_its_interval(tmp_path, cache_dir):
+    """Two trials of 3 folds: each fold's curve and validation covers, the folds artifact (groups intact, test in
+    no fold), the objective and the pruner's steps."""
     run_sweep(
         tmp_path,
         cache_dir,
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.study_name=cv",
         "trainer.epochs=range(1,2)",
-        "data.cv_folds=2",
+        "data.cv_folds=3",
     )
     study = optuna.load_study(study_name="cv", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -141,12 +115,28 @@ def test_a_cross_validated_sweep_reports_the_running_mean_and_its_interval(tmp_p
     for t in study.trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED"
-        folds = [run.data.metrics[f"fold_{k}/summary/best_val_acc"] for k in (1, 2)]
-        assert t.value == pytest.approx(np.mean(folds))
+        m, p = run.data.metrics, run.data.params
+        folds = [m[f"fold_{k}/summary/best_val_acc"] for k in (1, 2, 3)]
+        assert t.value == pytest.approx(np.mean(folds)) == pytest.approx(m["summary/best_val_acc"])
+        assert p["data.cv_folds"] == "3" and p["trial.repeats"] == "1"
         epochs = t.params["trainer.epochs"]
-        assert sorted(t.intermediate_values) == list(range(1, 2 * epochs + 1)), "one step per epoch of each fold"
+        assert sorted(t.intermediate_values) == list(range(1, 3 * epochs + 1)), "one step per epoch of each fold"
         assert t.intermediate_values[epochs] == pytest.approx(folds[0]), "after fold 1: its best"
-        assert t.intermediate_values[2 * epochs] == pytest.approx(t.value), "after fold 2: the mean"
+        assert t.intermediate_values[3 * epochs] == pytest.approx(t.value), "after fold 3: the mean"
+        for k in (1, 2, 3):
+            steps = [x.step for x in client.get_metric_history(run.info.run_id, f"fold_{k}/epoch/val_acc")]
+            assert steps == list(range(1, epochs + 1))
+        n = int(p["data.n_train"]) + int(p["data.n_val"])
+        assert sum(m[f"fold_{k}/summary/val_covers"] for k in (1, 2, 3)) == n, "the folds' validation covers"
+        fold_of = pd.read_csv(client.download_artifacts(run.info.run_id, "data/folds.csv"))
+        (path,) = [a.path for a in client.list_artifacts(run.info.run_id, "data") if a.path != "data/folds.csv"]
+        merged = pd.read_csv(client.download_artifacts(run.info.run_id, path), dtype=str).merge(fold_of)
+        assert (merged.loc[merged["split"] == "test", "fold"] == 0).all(), "the test split is in no fold"
+        pool = merged[merged["split"] != "test"]
+        sizes = pool["fold"].value_counts().sort_index()
+        assert sizes.index.tolist() == [1, 2, 3] and sizes.tolist() == [
+            m[f"fold_{k}/summary/val_covers"] for k in (1, 2, 3)
+        ]
+        assert (pool.groupby("group")["fold"].nunique() == 1).all(), "look-alike groups intact"
         low, high = t.user_attrs["objective_ci"]
-        n = int(run.data.params["data.n_train"]) + int(run.data.params["data.n_val"])
         assert (low, high) == pytest.approx(wilson_interval(round(t.value * n), n)), "out of fold: all train+val"

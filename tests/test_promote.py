@@ -337,7 +337,7 @@ def test_promote_tries_an_ensemble_and_tta_and_adopts_only_what_beats_the_single
         assert run.info.run_id == best.info.run_id, "nothing adopted: the single best trial is the candidate"
 
 
-def test_a_registered_ensemble_predicts_the_mean_through_the_cli(store, cache_dir, tmp_path):
+def test_a_registered_ensemble_predicts_the_mean_through_the_cli(store, cache_dir, tmp_path, capsys):
     """An ensemble of the sweep's two trials (with TTA), logged and promoted as promote logs an adopted one, then
     predicted from the registry by ``python -m covers predict``."""
     client = store["client"]
@@ -372,12 +372,10 @@ def test_a_registered_ensemble_predicts_the_mean_through_the_cli(store, cache_di
     with zipfile.ZipFile(store["demo"] / "Rock.zip") as zf:
         for name in zf.namelist()[:3]:
             (folder / Path(name).name).write_bytes(zf.read(name))
-    cmd = [sys.executable, "-m", "covers", "predict", str(folder), "--json", "--top-k", "8"]
-    cmd += ["--model", f"models:/{NAME}/{version}", "--tracking-uri", _uri(store["root"])]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["predict", str(folder), "--json", "--top-k", "8", "--model", f"models:/{NAME}/{version}"]
+    assert main([*argv, "--tracking-uri", _uri(store["root"])]) == 0  # python -m covers predict, in process
     images, _ = models[0].prepare(sorted(str(p) for p in folder.iterdir()))
     expected = np.mean([m.predict_proba(images[:, :, ::-1]) + m.predict_proba(images) for m in models], axis=0) / 2
-    for row, probs in zip(sorted(json.loads(proc.stdout), key=lambda r: r["file"]), expected, strict=True):
+    for row, probs in zip(sorted(json.loads(capsys.readouterr().out), key=lambda r: r["file"]), expected, strict=True):
         got = {p["genre"]: p["probability"] for p in row["predictions"]}
         assert [got[c] for c in models[0].classes] == pytest.approx(probs, abs=1e-5)

@@ -91,9 +91,10 @@ def build_manifest(
     df = pd.DataFrame(
         [{"archive": c.archive, "member": c.member, "label": c.label, "sha256": c.sha256} for c in covers]
     )
-    df["group"] = df["sha256"] if groups is None else [str(g) for g in groups]  # as a manifest CSV reads back
+    df["group"] = df["sha256"] if groups is None else list(groups)
     df = df.sort_values(["label", "archive", "member"], kind="stable").reset_index(drop=True)
     df["split"] = assign_splits(df["label"].to_numpy(), df["group"].to_numpy(), val_fraction, test_fraction, seed)
+    df["group"] = df["group"].astype(str)  # as a manifest CSV reads it back (after the split: it orders groups)
     return df[[*MANIFEST_COLUMNS, GROUP_COLUMN]]
 
 
