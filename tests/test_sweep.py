@@ -96,6 +96,7 @@ def test_default_sweep_three_trials(tmp_path, cache_dir):
     text = doc.read_text()
     assert "TPESampler" in text and "Parameter importances" in text and "3 complete" in text
     assert all(f"`{r.info.run_id}`" in text for r in children) and "| t3 | demo | " in text
+    assert f"| {study.best_value:.3f} ({low:.3f}–{high:.3f}) | – |" in text, "the best value with its interval"
     assert (tmp_path / "docs" / "results" / "t3_optimization_history.png").stat().st_size > 1000
 
 

@@ -36,8 +36,11 @@ def swept_keys(parent: Run) -> list[str]:
 
 
 def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    """The sweep's finished trials."""
-    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
+    """The sweep's finished trials (not the ensembles promote logs beside them)."""
+    query = (
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED' "
+        "and tags.`covers.kind` = 'trial'"
+    )
     return client.search_runs([parent.info.experiment_id], query, max_results=10_000)
 
 
