@@ -75,10 +75,11 @@ def summary_lines(
         lines.append(f"best: trial {best.number}, {metric}={best.value:.4f}: {format_params(best.params)}")
         ci = best_interval(study)
         if ci is not None:
-            lines.append(
-                f"its 95 % interval: {ci.low:.4f}-{ci.high:.4f}; {ci.within} of {ci.complete} complete trials lie "
-                "within it (the validation split cannot tell them apart)"
-            )
+            line = f"its 95 % interval: {ci.low:.4f}-{ci.high:.4f}; {ci.within} of {ci.complete} complete trials"
+            line += " (the best included) reach into it"
+            if ci.within > 1:
+                line += ": the validation split cannot tell them apart"
+            lines.append(line)
     if parent:
         lines.append(f"MLflow parent run {parent}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
     if results:
