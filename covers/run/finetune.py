@@ -173,8 +173,9 @@ def train(cfg: DictConfig, on_epoch_end=None) -> dict[str, Any]:
             raise
         result = combine(results, members)
         if len(members) > 1:  # the members' mean curves, as a plain run's epoch/ metrics (the UI's charts)
+            log_mean = runs.epoch_logger()
             for epoch, metrics in enumerate(result.history, start=1):
-                mlflow.log_metrics({f"{runs.EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+                log_mean(epoch, metrics)
         log_results(cfg, result, ctx.bundle, ctx.spec)
         if reporter is not None and result.val_target is not None:
             reporter.record_interval(*objective_interval(result))

@@ -41,12 +41,15 @@ class Composition:
     latency_ms: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        """What promote prints: every variant's validation accuracy and latency, and what was adopted."""
-        tried = ", ".join(
-            f"{k} val_acc {self.val_acc[k]:.4f} ({self.latency_ms[k]:.1f} ms/cover)" for k in self.val_acc
-        )
-        chosen = " + ".join(self.adopted) if self.adopted else "the single best model (nothing beat it on validation)"
-        return [f"compositions tried: {tried}", f"adopted: {chosen}"]
+        """What promote prints (:func:`variant_lines`)."""
+        return variant_lines(self.adopted, self.val_acc, self.latency_ms)
+
+
+def variant_lines(adopted: list[str], val_acc: dict[str, float], latency_ms: dict[str, float]) -> list[str]:
+    """Every variant's validation accuracy and latency, and what was adopted."""
+    tried = ", ".join(f"{k} val_acc {val_acc[k]:.4f} ({latency_ms[k]:.1f} ms/cover)" for k in val_acc)
+    chosen = " + ".join(adopted) if adopted else "the single best model (nothing beat it on validation)"
+    return [f"compositions tried: {tried}", f"adopted: {chosen}"]
 
 
 def _score(model: CoverModel, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from covers.data import DataBundle, prepare_data
 from covers.knn.baseline import create_knn_model, split_rows
 from covers.reporting.figures import plot_confusion_matrix
 from covers.serving.cover_model import CoverModel, quiet_any_hint
-from covers.serving.ensemble import Composition, compose, log_composition
+from covers.serving.ensemble import Composition, compose, log_composition, variant_lines
 from covers.serving.gate import GateResult, chance_level, gate
 from covers.tracking import registry, runs
 from covers.training.metrics import classification_metrics
@@ -233,8 +233,6 @@ def run_gate(
     base = None
     if baseline == "knn" and meta.get("kind") != "knn":
         base = baseline_predictions(meta, config, bundle, gallery_splits, batch_size, device)
-    elif baseline not in (None, "none", "knn"):
-        raise ValueError(f"promote.baseline must be knn or none, got {baseline!r}")
     result = gate(target, pred, chance_level(target, train_labels), base)
     client.log_dict(run_id, asdict(result), "promotion/gate.json")
     return result
@@ -299,12 +297,14 @@ def decide_alias(
     else compare test accuracies on this split; move the alias if the rules (or ``force``) say so."""
     champion = registry.alias_version(client, mv.name, alias)
     champion_acc, basis = None, "no champion yet"
-    classes = json.loads(mv.tags["classes"]) if "classes" in mv.tags else list(bundle.classes)
-    objections = [f"the gate refused it: {checked.reason}"] if checked is not None and not checked.passed else []
+    classes = version_classes(client, mv)
+    objections = []
     if champion is not None and champion.version == mv.version:
         champion_acc, basis = test_acc, "same version"
         decision = registry.Decision(True, f"v{mv.version} already holds @{alias}")
     else:
+        if checked is not None and not checked.passed:
+            objections.append(f"the gate refused it: {checked.reason}")
         if champion is None:
             decision = registry.decide(test_acc, None)
         elif set(theirs := version_classes(client, champion)) != set(classes):
@@ -336,7 +336,7 @@ def decide_alias(
         "champion_test_acc": champion_acc,
         "champion_basis": basis,
         "promoted": decision.promote,
-        "forced": bool(force and decision.promote and decision.reason.startswith("forced")),
+        "forced": bool(force and objections),
         "reason": decision.reason,
         "gate": asdict(checked) if checked is not None else None,
         "alias_holder": client.get_model_version_by_alias(mv.name, alias).version
@@ -361,7 +361,7 @@ def report_decision(client: MlflowClient, run_id: str, record: dict[str, Any]) -
         outcome += " (promote.force=true overrides)"
     lines = [f"promote {name}: candidate v{v} (run {run_id}) test_acc {record['candidate_test_acc']:.4f}"]
     if record.get("composition"):
-        lines += Composition(None, [], **record["composition"]).lines()
+        lines += variant_lines(**record["composition"])
     if record["gate"] is not None:
         lines += GateResult(**record["gate"]).lines()
     lines += [f"champion before: {before}", f"decision: {outcome}: {record['reason']}"]
@@ -454,6 +454,8 @@ def promote(
     ``covers-<data set>``), gate it against chance and the ``baseline`` (``knn`` | ``none``), decide the alias;
     the record. ``ensemble={"top_k": K}`` and ``tta`` try an ensemble of the sweep's K best trials and test-time
     augmentation first, each adopted only when it beats the single best model on validation."""
+    if baseline not in (None, "none", "knn"):
+        raise ValueError(f"promote.baseline must be knn or none, got {baseline!r}")
     mlflow.set_tracking_uri(runs.resolve_sqlite_uri(tracking_uri))
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
