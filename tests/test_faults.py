@@ -110,11 +110,13 @@ class Sweep:
 
 def _wait_mid_training(url: str, name: str, timeout: float = 300) -> None:
     """Until a trial after the first is RUNNING with at least one epoch reported."""
-    end = time.time() + timeout
+    end, storage = time.time() + timeout, None
     while time.time() < end:
         try:
-            with sqlite_init_lock(url):  # as the sweeper does: never race it while it creates the schema
-                study = optuna.load_study(study_name=name, storage=url)
+            if storage is None:  # one storage (one connection pool) for every poll: PostgreSQL has few slots
+                with sqlite_init_lock(url):  # as the sweeper does: never race it while it creates the schema
+                    storage = create_storage(url)
+            study = optuna.load_study(study_name=name, storage=storage)
             if any(t.state == TrialState.RUNNING and t.number >= 1 and t.intermediate_values for t in study.trials):
                 return
         except (KeyError, Exception):  # not created yet

@@ -323,7 +323,7 @@ def decide_alias(
             reason = "; ".join(objections)
             decision = registry.Decision(force, f"forced although {reason}" if force else reason)
         elif checked is not None:
-            decision = registry.Decision(True, f"{decision.reason}; the gate passed it")
+            decision = registry.Decision(True, f"{decision.reason}; the gate passed it: {checked.reason}")
     if decision.promote:
         client.set_registered_model_alias(mv.name, alias, mv.version)
     return {
