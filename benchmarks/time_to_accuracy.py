@@ -8,8 +8,9 @@
 
 Strategies (:data:`STRATEGIES`): the kNN baseline and the default config (one run each), random search over the
 ``hparams_search=real`` space (fixed epochs), TPE + median pruning over today's default space, TPE + ASHA
-(``hparams_search=real``), ASHA warm-started from the earlier sweeps of the same data set and seed, and ASHA
-with every rung at 128 px (no progressive resizing). Every
+(``hparams_search=real``), ASHA warm-started from the earlier sweeps of the same data set and seed, TPE with a
+3-fold cross-validated objective (``data.cv_folds=3``), and ASHA with every rung at 128 px (no progressive
+resizing). Every
 piece is a real ``python experiments/run.py`` in a subprocess, in one work folder per data set (Optuna storage and
 MLflow store shared, so a warm start finds the earlier studies). Each records best-so-far validation accuracy
 against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
@@ -47,6 +48,9 @@ STRATEGIES: dict[str, list[str]] = {
     "tpe_median": ["-m", *SWEEP, "hparams_search=default"],
     "asha": ["-m", *SWEEP, "hparams_search=real"],
     "asha_warm": ["-m", *SWEEP, "hparams_search=real"],  # + warm_start_from and enqueue, see overrides()
+    # the random search's space and epochs, TPE, each trial's objective the mean of 3 folds of train+val: a steadier
+    # value to select on (docs/sweeps.md#robust-selection-on-small-data), three trainings per trial
+    "cv": ["-m", *SWEEP, *REAL_FIXED, "data.cv_folds=3"],
     # ASHA without progressive resizing: every rung at the data's 128 px (does the 64 px first rung rank worse?)
     "asha_128px": [
         "-m",
@@ -89,7 +93,7 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
     if smoke:
         asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
         ov = [o for o in ov if not o.startswith("hydra.sweeper.scheduler.rungs=")] + (SMOKE["asha"] if asha else [])
-        ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median") else []
+        ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median", "cv") else []
         ov += ["hydra.sweeper.n_trials=3"] if "-m" in ov else []
     return ov
 

@@ -45,8 +45,8 @@ def test_faiss_benchmark_smoke():
 @pytest.mark.slow
 def test_sweep_benchmark_smoke():
     result = sweep.run(smoke=True)
-    full, pruned = result["rows"]
-    assert full["trials"] == pruned["trials"] == 2 and full["trial_epochs"] == 4
+    (full,) = result["rows"]
+    assert full["sweep"] == "no_pruning" and full["trials"] == 2 and full["trial_epochs"] == 4
     phases = ("warm_trial_startup_s", "wrapup_s", "between_epochs_s", "between_trials_s", "mean_epoch_s")
     assert all(full[k] > 0 for k in phases)
     assert _finite(result["rows"])
@@ -85,3 +85,12 @@ def test_time_to_accuracy_warm_start_follows_the_earlier_sweep_of_its_seed(tmp_p
     warm = tta.overrides("asha_warm", "discogs", 0, 600, tmp_path, smoke=False)
     assert "hydra.sweeper.warm_start_from=tta-asha-s0" in warm and f"hydra.sweeper.enqueue=[{tta.DEFAULTS}]" in warm
     assert "data.source=../shared/data/discogs-covers" in warm and "hparams_search=real" in warm
+
+
+def test_time_to_accuracy_cv_strategy_selects_on_folds_without_rungs(tmp_path):
+    from benchmarks import time_to_accuracy as tta
+
+    ov = tta.overrides("cv", "discogs", 1, 600, tmp_path, smoke=False)
+    assert {"-m", "hparams_search=real", "hydra.sweeper.scheduler=null", "data.cv_folds=3"} <= set(ov)
+    assert "hydra.sweeper.study_name=tta-cv-s1" in ov and "hydra.sweeper.timeout=600" in ov
+    assert "trainer.epochs=1" in tta.overrides("cv", "demo", 0, 60, tmp_path, smoke=True)
