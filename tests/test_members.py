@@ -70,7 +70,7 @@ def test_pruner_sees_the_running_mean_of_the_members_best():
 
 def test_combine_averages_curves_and_pools_distinct_members():
     def result(accs, pred):
-        history = [{"val_acc": a, "val_loss": 1 - a} for a in accs]
+        history = [{"val_acc": a, "val_loss": 1 - a, "image_size": 96} for a in accs]
         best = int(np.argmax(accs))
         return FitResult(history, best, accs[best], {"w": best}, np.array(pred), np.array([0, 1]))
 
@@ -78,6 +78,8 @@ def test_combine_averages_curves_and_pools_distinct_members():
     out = combine([result([0.5, 1.0], [0, 1]), result([0.5, 0.0], [1, 1])], members)
     assert [h["val_acc"] for h in out.history] == [0.5, 0.5] and out.best_val_acc == pytest.approx(0.75)
     assert out.best_epoch == 0 and out.best_state == {"w": 1} and list(out.best_val_pred) == [0, 1]
+    # the size an epoch ran at is a setting, kept as it is (promote decodes at the model's size: an int)
+    assert [type(h["image_size"]) for h in out.history] == [int, int] and out.history[0]["image_size"] == 96
 
 
 @pytest.mark.slow

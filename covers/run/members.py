@@ -71,6 +71,10 @@ def running_mean(
     return on_epoch_end
 
 
+# what an epoch ran with (the same for every member: no rungs with members), kept as it is, not averaged
+SETTINGS = ("image_size",)
+
+
 def combine(results: list[FitResult], members: list[Member]) -> FitResult:
     """The plain run's own result; for members, one result for the configuration: each epoch's metrics averaged
     over the members that reached it, the best epoch that of the mean ``val_acc`` curve, ``best_val_acc`` the mean
@@ -82,7 +86,7 @@ def combine(results: list[FitResult], members: list[Member]) -> FitResult:
     history = []
     for epoch in range(max((len(r.history) for r in reached), default=0)):
         rows = [r.history[epoch] for r in reached if len(r.history) > epoch]
-        history.append({key: float(np.mean([row[key] for row in rows])) for key in rows[0]})
+        history.append({k: rows[0][k] if k in SETTINGS else float(np.mean([r[k] for r in rows])) for k in rows[0]})
     scored = [(r, m) for r, m in zip(results, members, strict=False) if r.best_val_pred is not None]
     pooled = [r for r, m in scored if m.distinct]
     return FitResult(
