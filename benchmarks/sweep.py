@@ -140,24 +140,25 @@ def run(source: Path | None = None, per_class: int = 100, n_trials: int = 8, epo
             data = ["data=archives", f"data.source={subset(source, per_class, tmp / 'data')}", "data.image_size=32"]
         common = [f"hydra.sweeper.n_trials={n_trials}", f"trainer.epochs={epochs}", *search]
         full = sweep(tmp / "a", "no_pruning", data, *common, "hydra/sweeper/pruner=none")
-        if smoke:  # one sweep shows the phases are measured; two trials would never be pruned
-            return {"machine": machine(), "n_trials": n_trials, "epochs": epochs, "rows": [full], "ratios": {}}
-        pruned = sweep(
-            tmp / "b",
-            "median_pruning",
-            data,
-            *common,
-            "hydra/sweeper/pruner=median",
-            "hydra.sweeper.pruner.n_startup_trials=2",
-            "hydra.sweeper.pruner.n_warmup_steps=0",
-        )
-        rows += [full, pruned]
-        rows.append(sweep(tmp / "c", "two_workers", data, *common, "hydra/sweeper/pruner=none", workers=2))
-    ratios = {
-        "trial_epochs_pruned_over_full": pruned["trial_epochs"] / full["trial_epochs"],
-        "wall_two_workers_over_one": rows[-1]["wall_s"] / full["wall_s"],
-        "default_config_startup_per_epoch": rows[0]["startup_per_epoch"],
-    }
+        rows.append(full)
+        ratios = {}
+        if not smoke:  # smoke: one sweep shows the phases are measured (two trials would never be pruned)
+            pruned = sweep(
+                tmp / "b",
+                "median_pruning",
+                data,
+                *common,
+                "hydra/sweeper/pruner=median",
+                "hydra.sweeper.pruner.n_startup_trials=2",
+                "hydra.sweeper.pruner.n_warmup_steps=0",
+            )
+            two = sweep(tmp / "c", "two_workers", data, *common, "hydra/sweeper/pruner=none", workers=2)
+            rows += [pruned, two]
+            ratios = {
+                "trial_epochs_pruned_over_full": pruned["trial_epochs"] / full["trial_epochs"],
+                "wall_two_workers_over_one": two["wall_s"] / full["wall_s"],
+                "default_config_startup_per_epoch": rows[0]["startup_per_epoch"],
+            }
     return {"machine": machine(), "n_trials": n_trials, "epochs": epochs, "rows": rows, "ratios": ratios}
 
 

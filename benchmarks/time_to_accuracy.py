@@ -93,7 +93,7 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
     if smoke:
         asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
         ov = [o for o in ov if not o.startswith("hydra.sweeper.scheduler.rungs=")] + (SMOKE["asha"] if asha else [])
-        ov += SMOKE["other"] if strategy in ("default", "random", "tpe_median", "cv") else []
+        ov += SMOKE["other"] if not asha and strategy != "knn" else []  # the kNN baseline trains no epochs
         ov += ["hydra.sweeper.n_trials=3"] if "-m" in ov else []
     return ov
 

@@ -86,7 +86,8 @@ def combine(results: list[FitResult], members: list[Member]) -> FitResult:
     history = []
     for epoch in range(max((len(r.history) for r in reached), default=0)):
         rows = [r.history[epoch] for r in reached if len(r.history) > epoch]
-        history.append({k: rows[0][k] if k in SETTINGS else float(np.mean([r[k] for r in rows])) for k in rows[0]})
+        first = rows[0]
+        history.append({k: first[k] if k in SETTINGS else float(np.mean([row[k] for row in rows])) for k in first})
     scored = [(r, m) for r, m in zip(results, members, strict=False) if r.best_val_pred is not None]
     pooled = [r for r, m in scored if m.distinct]
     return FitResult(
