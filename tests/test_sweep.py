@@ -149,6 +149,33 @@ def test_trials_table_with_an_unfinished_trial():
     assert list(table["state"]) == ["RUNNING"] and table["duration_s"].isna().all()
 
 
+def test_the_parent_run_names_only_the_best_trials_own_parameters(tmp_path):
+    """The parent's ``best.*`` tags are the current best trial's parameters: a conditional one of an earlier best (γ,
+    drawn with the focal loss) goes when a trial without it becomes the best (a discogs sweep's best CE trial was
+    tagged with the γ of the focal trial that led before it)."""
+    from omegaconf import OmegaConf
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from covers.sweep.summary import log_sweep_summary, open_parent_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = OmegaConf.create({"uri": uri, "experiment": "covers", "artifact_root": str(tmp_path / "artifacts")})
+    study = optuna.create_study(direction="maximize")
+    loss = {"loss": CategoricalDistribution(["ce", "focal"])}
+    parent = open_parent_run(study, tracking, loss, {})
+    focal = {"loss": "focal", "loss.gamma": 0.66}
+    study.add_trial(
+        create_trial(params=focal, distributions={**loss, "loss.gamma": FloatDistribution(0, 5)}, value=0.4)
+    )
+    log_sweep_summary(study, parent)
+    study.add_trial(create_trial(params={"loss": "ce"}, distributions=loss, value=0.5))
+    log_sweep_summary(study, parent, final=True)
+    tags = mlflow.MlflowClient(tracking_uri=uri).get_run(parent).data.tags
+    assert {k: v for k, v in tags.items() if k.startswith("best.")} == {"best.loss": "ce"}
+    assert tags["best_trial_number"] == "1"
+
+
 # values a user may pass to a single run; each must reach a trial exactly as Hydra parses it for that run
 HOSTILE_VALUES = {
     "url": "sqlite:///x/mlflow.db",

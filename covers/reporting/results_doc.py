@@ -155,7 +155,8 @@ def search_section(client: MlflowClient, parent: Run, best: Run, sweep: str, fig
     importances = {k.removeprefix("importance."): v for k, v in m.items() if k.startswith("importance.")}
     if importances:
         ranked = sorted(importances.items(), key=lambda kv: -kv[1])
-        lines += ["", "Parameter importances (Optuna, fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in ranked)]
+        named = ", ".join(f"`{k}` {v:.2f}" for k, v in ranked)
+        lines += ["", f"Parameter importances (Optuna, PED-ANOVA; a conditional one over its own trials): {named}"]
     for plot in ("optimization_history", "param_importances"):
         target = _copy_artifact(client, parent.info.run_id, f"sweep/{plot}.png", figures, sweep)
         if target is not None:
