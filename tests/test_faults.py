@@ -6,6 +6,7 @@ repeats."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -89,14 +90,15 @@ class Sweep:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_for_line(self, text: str, timeout: float = 300) -> None:
+    def wait_for_line(self, pattern: str, timeout: float = 300) -> None:
+        """Until a line of its output matches the regular expression ``pattern``."""
         end = time.time() + timeout
         while time.time() < end:
-            if any(text in line for line in self.lines):
+            if any(re.search(pattern, line) for line in self.lines):
                 return
-            assert self.proc.poll() is None, f"sweep ended before {text!r}:\n{''.join(self.lines[-40:])}"
+            assert self.proc.poll() is None, f"sweep ended before {pattern!r}:\n{''.join(self.lines[-40:])}"
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {text!r}")
+        raise AssertionError(f"timed out waiting for {pattern!r}")
 
     def finish(self, timeout: float = 300) -> int:
         self.proc.wait(timeout=timeout)
@@ -167,40 +169,41 @@ def test_killed_worker_is_recovered_by_a_rerun(tmp_path, cache_dir, warm_cache, 
     assert runs[retry.number].info.status == "FINISHED"
 
 
-@pytest.mark.parametrize(
-    ("sig", "moment"),
-    [
-        (signal.SIGINT, "epoch"),  # SIGINT and SIGTERM share one handler: each signal once, each moment once
-        (signal.SIGTERM, "between"),
-        (signal.SIGTERM, "summary"),
-    ],
-)
-def test_stopped_sweep_ends_its_runs_and_resumes(tmp_path, cache_dir, warm_cache, sig, moment):
-    """A signal during an epoch, between two trials or during the final summary: the sweep exits non-zero, the
-    parent run ends KILLED (FINISHED when only the summary was left; never RUNNING), the interrupted trial is failed
-    and retried, and a rerun completes the budget consistently."""
-    n_trials = 2 if moment == "summary" else 3
-    cmd = _cmd(tmp_path, cache_dir, "stop", n_trials=n_trials, epochs=3)
-    sweep = Sweep(cmd)
+def test_stopped_sweep_ends_its_runs_and_resumes(tmp_path, cache_dir, warm_cache):
+    """One sweep stopped three times, then rerun: SIGINT during an epoch, SIGTERM between two trials, SIGTERM during
+    the final summary (SIGINT and SIGTERM share one handler). After each stop the sweep has exited non-zero, the
+    parent run ended KILLED (FINISHED when only the summary was left; never RUNNING) and an interrupted trial is
+    failed; each rerun resumes the same study and parent run, each failed trial is retried once with its
+    parameters, and the last rerun completes the budget consistently."""
     url = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    if moment == "epoch":
-        _wait_mid_training(url, "stop")
-    elif moment == "between":
-        sweep.wait_for_line("trial 0 complete")
-    else:
-        sweep.wait_for_line("writing the final summary")
-    sweep.proc.send_signal(sig)
-    assert sweep.finish() != 0, sweep.output[-3000:]
-    study, runs, parent = check_consistent(tmp_path, "stop", n_trials, finished=False)
-    # a signal during the final summary is held until the parent's status is written: the trials were all done
-    assert parent.info.status == ("FINISHED" if moment == "summary" else "KILLED"), sweep.output[-3000:]
-    stopped = [t for t in study.trials if t.state == TrialState.FAIL]
-    if moment == "epoch":
-        assert len(stopped) == 1 and runs[stopped[0].number].info.status == "KILLED"
+    cmd = _cmd(tmp_path, cache_dir, "stop", n_trials=3, epochs=3)
+
+    def stop(sig: signal.Signals, moment: str) -> list[optuna.trial.FrozenTrial]:
+        """Start the sweep, signal it at ``moment``; the trials failed so far."""
+        sweep = Sweep(cmd)
+        if moment == "epoch":
+            _wait_mid_training(url, "stop")
+        elif moment == "between":  # the first trial of this run has completed
+            sweep.wait_for_line(r"trial \d+ complete: ")
+        else:
+            sweep.wait_for_line("writing the final summary")
+        sweep.proc.send_signal(sig)
+        assert sweep.finish() != 0, sweep.output[-3000:]
+        study, runs, parent = check_consistent(tmp_path, "stop", 3, finished=False)
+        # a signal during the final summary is held until the parent's status is written: the trials were all done
+        assert parent.info.status == ("FINISHED" if moment == "summary" else "KILLED"), (moment, sweep.output[-3000:])
+        failed = [t for t in study.trials if t.state == TrialState.FAIL]
+        # a trial stopped before its run was created has none
+        assert all(runs[t.number].info.status == "KILLED" for t in failed if t.number in runs), moment
+        return failed
+
+    assert len(stop(signal.SIGINT, "epoch")) == 1  # the trial in flight
+    stop(signal.SIGTERM, "between")
+    stopped = stop(signal.SIGTERM, "summary")
 
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    study, _, _ = check_consistent(tmp_path, "stop", n_trials)
+    study, _, _ = check_consistent(tmp_path, "stop", 3)
     for t in stopped:  # each interrupted trial is run again once, with its parameters
         (retry,) = [r for r in study.trials if r.user_attrs.get(RETRY_OF) == t.number]
         assert retry.params == t.params and retry.state == TrialState.COMPLETE
