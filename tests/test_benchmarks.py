@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -64,6 +65,7 @@ def test_time_to_accuracy_smoke(tmp_path):
     assert asha["trials"] == 4  # 3 configurations, the best of them promoted once
     values = [v for _, v in asha["curve"]]
     assert values == sorted(values) and 0 <= asha["test_acc"] <= 1 and asha["best_val_acc"] == values[-1]
+    assert sorted(p.name for p in (out / "demo").glob("*.json")) == ["asha-s0-1min.json", "knn-s0-1min.json"]
     table = tta.report(["demo"], out, tmp_path)
     assert "| asha | 0 |" in table and "| knn | 0 |" in table and (tmp_path / "time_to_accuracy_demo.png").exists()
 
@@ -94,3 +96,34 @@ def test_time_to_accuracy_cv_strategy_selects_on_folds_without_rungs(tmp_path):
     assert {"-m", "hparams_search=real", "hydra.sweeper.scheduler=null", "data.cv_folds=3"} <= set(ov)
     assert "hydra.sweeper.study_name=tta-cv-s1" in ov and "hydra.sweeper.timeout=600" in ov
     assert "trainer.epochs=1" in tta.overrides("cv", "demo", 0, 60, tmp_path, smoke=True)
+
+
+def test_time_to_accuracy_report_compares_asha_with_random_search_of_its_seed_and_budget(tmp_path):
+    """A 30-minute headline sweep is kept beside the 10-minute ranking; ASHA's time to reach random search's best
+    reads the random search of its own budget."""
+    from benchmarks import time_to_accuracy as tta
+
+    def piece(strategy: str, budget_min: int, curve: list[list[float]]) -> None:
+        record = {
+            "strategy": strategy,
+            "seed": 0,
+            "budget_s": budget_min * 60,
+            "wall_s": budget_min * 60 + 5,
+            "trials": len(curve),
+            "best_val_acc": curve[-1][1],
+            "best_val_acc_in_budget": curve[-1][1],
+            "test_acc": 0.5,
+            "curve": curve,
+            "commit": "abc1234",
+            "machine": {"cores": 2, "date": "2026-12-02"},
+        }
+        path = tmp_path / "results" / "demo" / tta.result_name(strategy, 0, budget_min)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    piece("random", 10, [[100.0, 0.4]])
+    piece("random", 30, [[100.0, 0.4], [1500.0, 0.6]])
+    piece("asha", 30, [[200.0, 0.45], [450.0, 0.6]])
+    table = tta.report(["demo"], tmp_path / "results", tmp_path)
+    assert "| random | 0 | 600 |" in table and "| random | 0 | 1800 |" in table
+    assert "ASHA (seed 0, 1800 s) reaches random search's final best (0.600): 450 s = 0.25 of its budget" in table
