@@ -15,7 +15,8 @@ piece is a real ``python experiments/run.py`` in a subprocess, in one work folde
 MLflow store shared, so a warm start finds the earlier studies). Each records best-so-far validation accuracy
 against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
 accuracy of its best trial (``promote``: the test split is used once, at the end). Results are kept as JSON in
-``benchmarks/results/time_to_accuracy/<data>/`` and assembled by ``--report`` (docs/benchmarks.md)."""
+``benchmarks/results/time_to_accuracy/<data>/`` (:func:`result_name`) and assembled by ``--report``
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
