@@ -210,16 +210,16 @@ def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = RO
                 ax.step([*t, r["wall_s"]], [*v, v[-1]], where="post", label=f"{r['strategy']} s{r['seed']}")
         for r in [r for r in results if r["strategy"] == "asha"]:  # against random search of its seed and budget
             same = ("random", r["seed"], r["budget_s"])
-            for rnd in [x for x in results if (x["strategy"], x["seed"], x["budget_s"]) == same][:1]:
-                if rnd["best_val_acc"] is None:
-                    continue
-                reach = time_to_reach(r["curve"], rnd["best_val_acc"])
-                share = "never" if reach is None else f"{reach:.0f} s = {reach / rnd['budget_s']:.2f} of its budget"
-                lines += [
-                    "",
-                    f"ASHA (seed {r['seed']}, {r['budget_s']:.0f} s) reaches random search's final best "
-                    f"({rnd['best_val_acc']:.3f}): {share}",
-                ]
+            rnd = next((x for x in results if (x["strategy"], x["seed"], x["budget_s"]) == same), None)
+            if rnd is None or rnd["best_val_acc"] is None:
+                continue
+            reach = time_to_reach(r["curve"], rnd["best_val_acc"])
+            share = "never" if reach is None else f"{reach:.0f} s = {reach / rnd['budget_s']:.2f} of its budget"
+            lines += [
+                "",
+                f"ASHA (seed {r['seed']}, {r['budget_s']:.0f} s) reaches random search's final best "
+                f"({rnd['best_val_acc']:.3f}): {share}",
+            ]
         ax.set(
             xlabel="seconds since start", ylabel="best validation accuracy so far", title=f"time to accuracy: {data}"
         )
