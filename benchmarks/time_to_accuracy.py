@@ -3,6 +3,7 @@
     python -m benchmarks.time_to_accuracy --data discogs --budget-min 10                # every strategy, in turn
     python -m benchmarks.time_to_accuracy --data discogs --budget-min 10 --only asha    # one piece (resumable)
     python -m benchmarks.time_to_accuracy --data discogs --budget-min 10 --only default --seed 1
+    python -m benchmarks.time_to_accuracy --data discogs --budget-min 10 --only knn,default --split-seed 1
     python -m benchmarks.time_to_accuracy --report                                      # table + plots so far
     python -m benchmarks.time_to_accuracy --smoke                                       # demo data, correctness
 
@@ -16,15 +17,18 @@ MLflow store shared, so a warm start finds the earlier studies). Each records be
 against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
 accuracy of its best trial (``promote``: the test split is used once, at the end). Results are kept as JSON in
 ``benchmarks/results/time_to_accuracy/<data>/`` (:func:`result_name`) and assembled by ``--report``
-(docs/benchmarks.md)."""
+(docs/benchmarks.md). ``--split-seed`` and ``--image-size`` run a piece on another split of the covers or at
+another input size (:class:`Variant`): a test figure of 149 covers moves by several points with the split alone."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -68,28 +72,51 @@ SMOKE = {  # tiny rungs and epochs for the demo data
 }
 
 
-def study_name(strategy: str, seed: int) -> str:
-    return f"tta-{strategy}-s{seed}"
+@dataclass(frozen=True)
+class Variant:
+    """What a piece runs on besides its strategy and seed: another split of the same covers (``data.split_seed``:
+    how much of a test figure is the luck of 149 test covers) and another input size (None: the data set's own,
+    :data:`DATA`)."""
+
+    split_seed: int = 0
+    image_size: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        """``""`` for the data set's own split and size, else e.g. ``-split1-224px``."""
+        split = f"-split{self.split_seed}" if self.split_seed else ""
+        return split + (f"-{self.image_size}px" if self.image_size else "")
+
+    def data_overrides(self, data: str) -> list[str]:
+        ov = [o for o in DATA[data] if not (self.image_size and o.startswith("data.image_size="))]
+        ov += [f"data.image_size={self.image_size}"] if self.image_size else []
+        return ov + ([f"data.split_seed={self.split_seed}"] if self.split_seed else [])
 
 
-def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, smoke: bool) -> list[str]:
+def study_name(strategy: str, seed: int, variant: Variant = Variant()) -> str:
+    return f"tta-{strategy}-s{seed}{variant.suffix}"
+
+
+def overrides(
+    strategy: str, data: str, seed: int, budget_s: float, work: Path, smoke: bool, variant: Variant = Variant()
+) -> list[str]:
     """The command line of one piece."""
-    ov = [*STRATEGIES[strategy], *DATA[data], f"paths.root_dir={work}", f"seed={seed}"]
+    ov = [*STRATEGIES[strategy], *variant.data_overrides(data), f"paths.root_dir={work}", f"seed={seed}"]
     if "-m" in ov:
         ov += [
             f"hydra.sweeper.timeout={budget_s:g}",
-            f"hydra.sweeper.study_name={study_name(strategy, seed)}",
+            f"hydra.sweeper.study_name={study_name(strategy, seed, variant)}",
             f"hydra.sweeper.sampler.seed={seed}",
-            f"hydra.sweep.dir={work}/multirun/{strategy}-s{seed}",
+            f"hydra.sweep.dir={work}/multirun/{strategy}-s{seed}{variant.suffix}",
         ]
     else:
-        ov.append(f"hydra.run.dir={work}/outputs/{strategy}-s{seed}")
+        ov.append(f"hydra.run.dir={work}/outputs/{strategy}-s{seed}{variant.suffix}")
     if strategy == "asha_warm":  # the earlier sweeps' trials as history (those that fit the space), the default first
         db = work / "mlruns" / "optuna.db"
         studies = optuna.get_all_study_names(f"sqlite:///{db}") if db.exists() else []
-        earlier = [s for s in ("random", "asha") if study_name(s, seed) in studies]
+        earlier = [s for s in ("random", "asha") if study_name(s, seed, variant) in studies]
         if earlier:
-            ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed)}")
+            ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed, variant)}")
         ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
     if smoke:
         asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
@@ -99,9 +126,16 @@ def overrides(strategy: str, data: str, seed: int, budget_s: float, work: Path, 
     return ov
 
 
-def result_name(strategy: str, seed: int, budget_min: float) -> str:
-    """The JSON file of one piece: a 30-minute headline sweep sits beside the 10-minute ranking of the same strategy."""
-    return f"{strategy}-s{seed}-{budget_min:g}min.json"
+def result_name(strategy: str, seed: int, budget_min: float, variant: Variant = Variant()) -> str:
+    """The JSON file of one piece: a 30-minute headline sweep sits beside the 10-minute ranking of the same strategy,
+    a piece on another split or input size beside the one on the data set's own."""
+    return f"{strategy}-s{seed}{variant.suffix}-{budget_min:g}min.json"
+
+
+def recorded_variant(result: dict) -> tuple[int, int | None]:
+    """``(split_seed, image_size)`` of a kept result, read from its command line (the data's own when absent)."""
+    found = dict(re.findall(r"\bdata\.(split_seed|image_size)=(\d+)", result["command"]))
+    return int(found.get("split_seed", 0)), int(found["image_size"]) if "image_size" in found else None
 
 
 def best_so_far(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -128,13 +162,20 @@ def epoch_points(client: mlflow.MlflowClient, run_id: str, started: float) -> li
 
 
 def run_piece(
-    strategy: str, data: str, seed: int, budget_min: float, work: Path, smoke: bool = False, out: Path | None = None
+    strategy: str,
+    data: str,
+    seed: int,
+    budget_min: float,
+    work: Path,
+    smoke: bool = False,
+    out: Path | None = None,
+    variant: Variant = Variant(),
 ) -> dict:
-    """Run one strategy and return its result (kept as ``out/<data>/<strategy>-s<seed>.json`` with ``out``)."""
+    """Run one strategy and return its result (kept as ``out/<data>/``:func:`result_name` with ``out``)."""
     from covers.serving.promote import promote
 
     work.mkdir(parents=True, exist_ok=True)
-    ov = overrides(strategy, data, seed, budget_min * 60, work, smoke)
+    ov = overrides(strategy, data, seed, budget_min * 60, work, smoke, variant)
     cmd = [sys.executable, "experiments/run.py", *ov]
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -145,8 +186,8 @@ def run_piece(
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("covers")
     if "-m" in ov:
-        points, trials = trial_points(work, study_name(strategy, seed), started)
-        target = {"study_name": study_name(strategy, seed)}
+        points, trials = trial_points(work, study_name(strategy, seed, variant), started)
+        target = {"study_name": study_name(strategy, seed, variant)}
     else:
         (run,) = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
         points, trials = epoch_points(client, run.info.run_id, started), 1  # the kNN logs one "epoch"
@@ -171,7 +212,7 @@ def run_piece(
         "machine": machine(),
     }
     if out is not None:
-        path = out / data / result_name(strategy, seed, budget_min)
+        path = out / data / result_name(strategy, seed, budget_min, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     return result
@@ -194,23 +235,29 @@ def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = RO
         lines += [
             f"#### {data} ({results[0]['machine']['cores']} cores)",
             "",
-            "| strategy | seed | budget s | wall s | trials | best val | best val in budget | test | commit | date |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| strategy | seed | split | px | budget s | wall s | trials | best val | best val in budget | test "
+            "| commit | date |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in results:
             best = r["best_val_acc_in_budget"]
+            split, px = recorded_variant(r)
             lines.append(
-                f"| {r['strategy']} | {r['seed']} | {r['budget_s']:.0f} | {r['wall_s']:.0f} | {r['trials']} | "
+                f"| {r['strategy']} | {r['seed']} | {split} | {px or '—'} | {r['budget_s']:.0f} | {r['wall_s']:.0f} | "
+                f"{r['trials']} | "
                 f"{r['best_val_acc']:.3f} | {best if best is None else f'{best:.3f}'} | {r['test_acc']:.3f} | "
                 f"{r['commit']} | {r['machine']['date']} |"
             )
             if r["curve"]:
                 t, v = zip(*r["curve"], strict=True)
-                ax.step([*t, r["wall_s"]], [*v, v[-1]], where="post", label=f"{r['strategy']} s{r['seed']}")
-        for r in [r for r in results if r["strategy"] == "asha"]:  # against random search of its seed and budget
-            same = ("random", r["seed"], r["budget_s"])
-            rnd = next((x for x in results if (x["strategy"], x["seed"], x["budget_s"]) == same), None)
+                label = f"{r['strategy']} s{r['seed']}" + (f" split {split}" if split else "") + f" {px or '—'} px"
+                ax.step([*t, r["wall_s"]], [*v, v[-1]], where="post", label=label)
+        for r in [r for r in results if r["strategy"] == "asha"]:  # against random search of its seed, split, budget
+            same = ("random", r["seed"], r["budget_s"], recorded_variant(r))
+            rnd = next(
+                (x for x in results if (x["strategy"], x["seed"], x["budget_s"], recorded_variant(x)) == same), None
+            )
             if rnd is None or rnd["best_val_acc"] is None:
                 continue
             reach = time_to_reach(r["curve"], rnd["best_val_acc"])
@@ -237,6 +284,8 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget of each sweep")
     parser.add_argument("--only", help="comma-separated strategies (default: all, in order)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=0, help="data.split_seed: another split of the covers")
+    parser.add_argument("--image-size", type=int, help="input size (default: the data set's, 128 px)")
     parser.add_argument("--work", type=Path, help="work folder (default: /tmp/covers-tta/<data>)")
     parser.add_argument("--report", action="store_true", help="print the tables and write the plots")
     parser.add_argument("--smoke", action="store_true", help="every strategy on the demo data, seconds each")
@@ -250,7 +299,16 @@ def main() -> None:
         if strategy not in STRATEGIES:
             parser.error(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         budget = 1.0 if args.smoke else args.budget_min  # smoke: n_trials=3 ends the sweeps first
-        r = run_piece(strategy, data, args.seed, budget, work, smoke=args.smoke, out=None if args.smoke else RESULTS)
+        r = run_piece(
+            strategy,
+            data,
+            args.seed,
+            budget,
+            work,
+            smoke=args.smoke,
+            out=None if args.smoke else RESULTS,
+            variant=Variant(args.split_seed, args.image_size),
+        )
         print(json.dumps({k: v for k, v in r.items() if k not in ("curve", "machine")}), flush=True)
 
 

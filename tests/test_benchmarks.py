@@ -114,6 +114,7 @@ def test_time_to_accuracy_report_compares_asha_with_random_search_of_its_seed_an
             "best_val_acc_in_budget": curve[-1][1],
             "test_acc": 0.5,
             "curve": curve,
+            "command": "python experiments/run.py -m seed=0",
             "commit": "abc1234",
             "machine": {"cores": 2, "date": "2026-12-02"},
         }
@@ -125,5 +126,24 @@ def test_time_to_accuracy_report_compares_asha_with_random_search_of_its_seed_an
     piece("random", 30, [[100.0, 0.4], [1500.0, 0.6]])
     piece("asha", 30, [[200.0, 0.45], [450.0, 0.6]])
     table = tta.report(["demo"], tmp_path / "results", tmp_path)
-    assert "| random | 0 | 600 |" in table and "| random | 0 | 1800 |" in table
+    assert "| random | 0 | 0 | — | 600 |" in table and "| random | 0 | 0 | — | 1800 |" in table
     assert "ASHA (seed 0, 1800 s) reaches random search's final best (0.600): 450 s = 0.25 of its budget" in table
+
+
+def test_time_to_accuracy_variant_runs_another_split_and_size_under_its_own_names(tmp_path):
+    """A piece on another split or input size gets its own study, folders and result file, and the report reads
+    the split and size back from the kept command line (older results: the data set's own)."""
+    from benchmarks import time_to_accuracy as tta
+
+    variant = tta.Variant(split_seed=2, image_size=224)
+    ov = tta.overrides("random", "discogs", 1, 600, tmp_path, smoke=False, variant=variant)
+    assert [o for o in ov if o.startswith("data.image_size=")] == ["data.image_size=224"]
+    assert "data.split_seed=2" in ov and "hydra.sweeper.study_name=tta-random-s1-split2-224px" in ov
+    assert f"hydra.sweep.dir={tmp_path}/multirun/random-s1-split2-224px" in ov
+    own = tta.overrides("random", "discogs", 1, 600, tmp_path, smoke=False)
+    assert not any(o.startswith("data.split_seed=") for o in own) and "data.image_size=128" in own
+    assert tta.result_name("random", 1, 10, variant) == "random-s1-split2-224px-10min.json"
+    assert tta.result_name("random", 1, 10) == "random-s1-10min.json"
+    assert tta.recorded_variant({"command": "python experiments/run.py " + " ".join(ov)}) == (2, 224)
+    assert tta.recorded_variant({"command": "python experiments/run.py " + " ".join(own)}) == (0, 128)
+    assert tta.recorded_variant({"command": "python experiments/run.py seed=0"}) == (0, None)
