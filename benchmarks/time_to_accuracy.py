@@ -223,6 +223,38 @@ def time_to_reach(curve: list[list[float]], value: float) -> float | None:
     return next((t for t, v in curve if v >= value), None)
 
 
+def across_splits(results: list[dict]) -> list[str]:
+    """A markdown table of each strategy run on two or more splits: its mean test accuracy, and against the default
+    run on the same splits (same seed, budget and input size) the mean paired difference, on how many splits it is
+    ahead, and a two-sided paired t-test over the splits (scipy ``ttest_rel``)."""
+    from scipy.stats import ttest_rel
+
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in results:
+        split, px = recorded_variant(r)
+        groups.setdefault((r["strategy"], r["seed"], r["budget_s"], px), {})[split] = r["test_acc"]
+    lines = []
+    for (strategy, seed, budget, px), tests in sorted(groups.items(), key=lambda g: (g[0][1:], g[0][0])):
+        default = groups.get(("default", seed, budget, px), {})
+        common = sorted(set(tests) & set(default))
+        if len(tests) < 2:
+            continue
+        mean = sum(tests.values()) / len(tests)
+        row = f"| {strategy} | {seed} | {px or '—'} | {budget:.0f} | {','.join(map(str, sorted(tests)))} | {mean:.3f} |"
+        if strategy != "default" and len(common) >= 2:
+            diffs = [tests[k] - default[k] for k in common]
+            p = ttest_rel([tests[k] for k in common], [default[k] for k in common]).pvalue
+            ahead = sum(d > 0 for d in diffs)
+            row += f" {sum(diffs) / len(diffs):+.3f} | {ahead} of {len(common)} | {p:.3f} |"
+        else:
+            row += " — | — | — |"
+        lines.append(row)
+    if not lines:
+        return []
+    head = "| strategy | seed | px | budget s | splits | mean test | − default (paired) | ahead on | p |"
+    return ["", head, "|---|---|---|---|---|---|---|---|---|", *lines]
+
+
 def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = ROOT / "docs" / "results") -> str:
     """A markdown table per data set, and a plot of best-so-far validation accuracy against time in ``figures``."""
     import matplotlib.pyplot as plt
@@ -274,7 +306,7 @@ def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = RO
         fig.tight_layout()
         fig.savefig(figures / f"time_to_accuracy_{data}.png", dpi=110)
         plt.close(fig)
-        lines.append("")
+        lines += [*across_splits(results), ""]
     return "\n".join(lines)
 
 

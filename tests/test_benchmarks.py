@@ -147,3 +147,25 @@ def test_time_to_accuracy_variant_runs_another_split_and_size_under_its_own_name
     assert tta.recorded_variant({"command": "python experiments/run.py " + " ".join(ov)}) == (2, 224)
     assert tta.recorded_variant({"command": "python experiments/run.py " + " ".join(own)}) == (0, 128)
     assert tta.recorded_variant({"command": "python experiments/run.py seed=0"}) == (0, None)
+
+
+def test_time_to_accuracy_compares_strategies_with_the_default_on_the_same_splits():
+    """Across splits: a strategy's mean test accuracy and its paired difference from the default run of the same
+    splits (the t-test's p by hand: differences 0.1, 0.2, 0.0 have mean 0.1 and standard error 0.1/sqrt(3))."""
+    from scipy.stats import t
+
+    from benchmarks import time_to_accuracy as tta
+
+    def record(strategy: str, split: int, test: float) -> dict:
+        cmd = "python experiments/run.py data.image_size=128" + (f" data.split_seed={split}" if split else "")
+        return {"strategy": strategy, "seed": 0, "budget_s": 600.0, "test_acc": test, "command": cmd}
+
+    results = [record("default", k, v) for k, v in enumerate([0.3, 0.3, 0.4, 0.5])]
+    results += [record("random", k, v) for k, v in enumerate([0.4, 0.5, 0.4])]  # split 3 not run
+    results += [record("asha", 0, 0.6)]  # one split: no row
+    rows = tta.across_splits(results)
+    p = 2 * t.sf(0.1 / (0.1 / 3**0.5), df=2)
+    assert rows[3:] == [
+        "| default | 0 | 128 | 600 | 0,1,2,3 | 0.375 | — | — | — |",
+        f"| random | 0 | 128 | 600 | 0,1,2 | 0.433 | +0.100 | 2 of 3 | {p:.3f} |",
+    ]
