@@ -234,11 +234,12 @@ def across_splits(results: list[dict]) -> list[str]:
         split, px = recorded_variant(r)
         groups.setdefault((r["strategy"], r["seed"], r["budget_s"], px), {})[split] = r["test_acc"]
     lines = []
-    for (strategy, seed, budget, px), tests in sorted(groups.items(), key=lambda g: (g[0][1:], g[0][0])):
-        default = groups.get(("default", seed, budget, px), {})
-        common = sorted(set(tests) & set(default))
+    by_setting = sorted(groups.items(), key=lambda g: (g[0][1], g[0][2], g[0][3] or 0, g[0][0]))  # px may be None
+    for (strategy, seed, budget, px), tests in by_setting:
         if len(tests) < 2:
             continue
+        default = groups.get(("default", seed, budget, px), {})
+        common = sorted(set(tests) & set(default))
         mean = sum(tests.values()) / len(tests)
         row = f"| {strategy} | {seed} | {px or '—'} | {budget:.0f} | {','.join(map(str, sorted(tests)))} | {mean:.3f} |"
         if strategy != "default" and len(common) >= 2:

@@ -169,3 +169,11 @@ def test_time_to_accuracy_compares_strategies_with_the_default_on_the_same_split
         "| default | 0 | 128 | 600 | 0,1,2,3 | 0.375 | — | — | — |",
         f"| random | 0 | 128 | 600 | 0,1,2 | 0.433 | +0.100 | 2 of 3 | {p:.3f} |",
     ]
+    # results whose command names no input size (None) sort beside those that do
+    unsized = [
+        {**r, "command": "python experiments/run.py" + r["command"].split("data.image_size=128")[1]} for r in results
+    ]
+    assert tta.across_splits(results + unsized)[3:5] == [
+        "| default | 0 | — | 600 | 0,1,2,3 | 0.375 | — | — | — |",
+        f"| random | 0 | — | 600 | 0,1,2 | 0.433 | +0.100 | 2 of 3 | {p:.3f} |",
+    ]
