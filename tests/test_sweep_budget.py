@@ -153,3 +153,47 @@ def test_warm_start_keeps_the_define_by_run_parameters_of_earlier_trials():
     )  # without a hook, γ is outside the space: the focal trial is left out
     assert add_history(hooked, earlier, space, define_by_run=True) == 2  # with one, γ is the hook's parameter
     assert [t.params for t in hooked.trials] == [focal, {"loss": "ce"}]
+
+
+def test_two_workers_asking_for_the_last_trial_at_once_start_one(tmp_path, monkeypatch):
+    """Two workers of one study ask for its last trial at the same moment: one starts it, the other is told that the
+    budget is spent. The study lock makes the budget check and the ask one step: no second trial is started and
+    failed as over budget (it used to be, when both had seen one trial left)."""
+    import contextlib
+    import threading
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from covers.sweep import budget
+    from covers.sweep.sweeper import OptunaSweeperImpl
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    optuna.create_study(study_name="last", storage=url, direction="maximize")
+    checked = threading.Barrier(2, timeout=3)
+    real_budget_left = budget.budget_left
+
+    def budget_left(study: optuna.Study, n_trials: int) -> int:
+        left = real_budget_left(study, n_trials)
+        # without the lock both workers have seen one trial left before either asks; with it the first waits alone
+        with contextlib.suppress(threading.BrokenBarrierError):
+            checked.wait()
+        return left
+
+    monkeypatch.setattr(budget, "budget_left", budget_left)
+    space = {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    asked: list = []
+
+    def worker() -> None:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
+        study = optuna.load_study(study_name="last", storage=storage)
+        asked.append(OptunaSweeperImpl(storage=url, study_name="last", n_trials=1)._ask(study, space, n_trials=1))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(asked) == 2 and sum(a is not None for a in asked) == 1
+    trials = optuna.load_study(study_name="last", storage=url).trials
+    assert [(t.state, t.user_attrs) for t in trials] == [(TrialState.RUNNING, {})]

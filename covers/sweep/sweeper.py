@@ -353,17 +353,18 @@ class OptunaSweeperImpl(Sweeper):
 
     def _ask(self, study: optuna.Study, distributions: dict, n_trials: int) -> optuna.Trial | None:
         """The next trial to run (a waiting retry or promotion first), or None when the study's budget is spent."""
-        if self.scheduler is not None:
-            with self.lock():  # one promotion decision at a time among the study's workers
+        # one decision at a time among the study's workers: promote a configuration once, hand out the last trial once
+        with self.lock():
+            if self.scheduler is not None:
                 self.scheduler.promote(study)
-        if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
-            return None
-        with warnings.catch_warnings():  # heartbeats are recorded by this sweeper, not by Study.optimize
-            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = study.ask(fixed_distributions=distributions)
+            if not budget.has_waiting(study) and budget.budget_left(study, n_trials) <= 0:
+                return None
+            with warnings.catch_warnings():  # heartbeats are recorded by this sweeper, not by Study.optimize
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask(fixed_distributions=distributions)
         ranks = sorted(t.number for t in budget.counted(study.get_trials(deepcopy=False)))
         late = budget.CONTINUES not in trial.user_attrs and trial.number not in ranks[:n_trials]
-        if late:  # another worker took the last slot at the same moment
+        if late:  # a storage without a study lock (e.g. MySQL): another worker took the last trial at the same moment
             trial.set_user_attr(budget.OVER_BUDGET, True)
             tell(study, trial, state=TrialState.FAIL)
             return None
