@@ -18,7 +18,10 @@ against seconds since its process started (trial completions from Optuna, epochs
 accuracy of its best trial (``promote``: the test split is used once, at the end). Results are kept as JSON in
 ``benchmarks/results/time_to_accuracy/<data>/`` (:func:`result_name`) and assembled by ``--report``
 (docs/benchmarks.md). ``--split-seed`` and ``--image-size`` run a piece on another split of the covers or at
-another input size (:class:`Variant`): a test figure of 149 covers moves by several points with the split alone."""
+another input size (:class:`Variant`): a test figure of 149 covers moves by several points with the split alone.
+``--promote-top-k K`` and ``--promote-tta`` promote a sweep a second time, as ``promote.ensemble.top_k`` and
+``promote.tta`` do (each adopted only when it beats the single best model on validation), and keep that test
+accuracy beside the single best trial's (:class:`Composed`)."""
 
 from __future__ import annotations
 
@@ -91,6 +94,23 @@ class Variant:
         ov = [o for o in DATA[data] if not (self.image_size and o.startswith("data.image_size="))]
         ov += [f"data.image_size={self.image_size}"] if self.image_size else []
         return ov + ([f"data.split_seed={self.split_seed}"] if self.split_seed else [])
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A second promotion of a sweep: an ensemble of its ``top_k`` best trials and/or test-time augmentation
+    (``promote.ensemble.top_k``, ``promote.tta``), judged on validation against the single best model."""
+
+    top_k: int = 1
+    tta: bool = False
+
+    def __bool__(self) -> bool:
+        return self.top_k > 1 or self.tta
+
+    @property
+    def label(self) -> str:
+        """E.g. ``top3+tta``: how the report names the composed result of a strategy."""
+        return "+".join(([f"top{self.top_k}"] if self.top_k > 1 else []) + (["tta"] if self.tta else []))
 
 
 def study_name(strategy: str, seed: int, variant: Variant = Variant()) -> str:
@@ -170,8 +190,10 @@ def run_piece(
     smoke: bool = False,
     out: Path | None = None,
     variant: Variant = Variant(),
+    composed: Composed = Composed(),
 ) -> dict:
-    """Run one strategy and return its result (kept as ``out/<data>/``:func:`result_name` with ``out``)."""
+    """Run one strategy and return its result (kept as ``out/<data>/``:func:`result_name` with ``out``); a sweep with
+    ``composed`` is promoted twice, alone and composed, and both test accuracies are kept."""
     from covers.serving.promote import promote
 
     work.mkdir(parents=True, exist_ok=True)
@@ -192,7 +214,13 @@ def run_piece(
         (run,) = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
         points, trials = epoch_points(client, run.info.run_id, started), 1  # the kNN logs one "epoch"
         target = {"run_id": run.info.run_id}
-    record = promote(uri, "covers", str(work / ".cache"), model_name=f"tta-{strategy}", **target, device="cpu")
+    cache = str(work / ".cache")
+    record = promote(uri, "covers", cache, model_name=f"tta-{strategy}", **target, device="cpu")
+    if composed and "-m" in ov:
+        options = {"ensemble": {"top_k": composed.top_k}, "tta": composed.tta, "device": "cpu"}
+        again = promote(uri, "covers", cache, model_name=f"tta-{strategy}-{composed.label}", **target, **options)
+        comp = again["composition"]
+        composed_result = {"label": composed.label, "test_acc": again["candidate_test_acc"], **comp}
     curve = best_so_far(points)
     result = {
         "strategy": strategy,
@@ -211,6 +239,8 @@ def run_piece(
         ).stdout.strip(),
         "machine": machine(),
     }
+    if composed and "-m" in ov:
+        result["composed"] = composed_result
     if out is not None:
         path = out / data / result_name(strategy, seed, budget_min, variant)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +263,9 @@ def across_splits(results: list[dict]) -> list[str]:
     for r in results:
         split, px = recorded_variant(r)
         groups.setdefault((r["strategy"], r["seed"], r["budget_s"], px), {})[split] = r["test_acc"]
+        if "composed" in r:  # the same sweep promoted as an ensemble and/or with TTA: its own row
+            label = f"{r['strategy']} {r['composed']['label']}"
+            groups.setdefault((label, r["seed"], r["budget_s"], px), {})[split] = r["composed"]["test_acc"]
     lines = []
     by_setting = sorted(groups.items(), key=lambda g: (g[0][1], g[0][2], g[0][3] or 0, g[0][0]))  # px may be None
     for (strategy, seed, budget, px), tests in by_setting:
@@ -284,6 +317,14 @@ def report(data_sets: list[str], results_dir: Path = RESULTS, figures: Path = RO
                 f"{r['best_val_acc']:.3f} | {best if best is None else f'{best:.3f}'} | {r['test_acc']:.3f} | "
                 f"{r['commit']} | {r['machine']['date']} |"
             )
+            if "composed" in r:
+                c = r["composed"]
+                tried = ", ".join(f"{k} {v:.3f}" for k, v in c["val_acc"].items())
+                adopted = "+".join(c["adopted"]) or "single"
+                lines.append(
+                    f"| {r['strategy']} {c['label']} (adopted: {adopted}; val {tried}) | {r['seed']} | {split} | "
+                    f"{px or '—'} | | | | | | {c['test_acc']:.3f} | {r['commit']} | {r['machine']['date']} |"
+                )
             if r["curve"] and split == 0:  # validation accuracies of other splits are of other covers
                 t, v = zip(*r["curve"], strict=True)
                 size = f", {px} px" if px != own_px else ""
@@ -325,6 +366,8 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="data.split_seed: another split of the covers")
     parser.add_argument("--image-size", type=int, help="input size (default: the data set's, 128 px)")
     parser.add_argument("--work", type=Path, help="work folder (default: /tmp/covers-tta/<data>)")
+    parser.add_argument("--promote-top-k", type=int, default=1, help="also promote an ensemble of a sweep's K best")
+    parser.add_argument("--promote-tta", action="store_true", help="also promote with test-time augmentation")
     parser.add_argument("--report", action="store_true", help="print the tables and write the plots")
     parser.add_argument("--smoke", action="store_true", help="every strategy on the demo data, seconds each")
     args = parser.parse_args()
@@ -346,6 +389,7 @@ def main() -> None:
             smoke=args.smoke,
             out=None if args.smoke else RESULTS,
             variant=Variant(args.split_seed, args.image_size),
+            composed=Composed(args.promote_top_k, args.promote_tta),
         )
         print(json.dumps({k: v for k, v in r.items() if k not in ("curve", "machine")}), flush=True)
 

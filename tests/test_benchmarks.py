@@ -61,13 +61,21 @@ def test_time_to_accuracy_smoke(tmp_path):
     work, out = tmp_path / "work", tmp_path / "results"
     knn = tta.run_piece("knn", "demo", 0, 1.0, work, smoke=True, out=out)
     assert knn["trials"] == 1 and 0 <= knn["test_acc"] <= 1 and knn["best_val_acc"] == knn["curve"][-1][1]
-    asha = tta.run_piece("asha", "demo", 0, 1.0, work, smoke=True, out=out)
+    composed = tta.Composed(top_k=2, tta=True)
+    asha = tta.run_piece("asha", "demo", 0, 1.0, work, smoke=True, out=out, composed=composed)
     assert asha["trials"] == 4  # 3 configurations, the best of them promoted once
+    # promoted a second time, as an ensemble/with TTA: each variant scored on validation, adopted only if better
+    comp = asha["composed"]
+    assert comp["label"] == "top2+tta" and {"single", "tta"} <= set(comp["val_acc"]) and 0 <= comp["test_acc"] <= 1
+    assert all(comp["val_acc"][k] > comp["val_acc"]["single"] for k in comp["adopted"])
+    if not comp["adopted"]:  # the same single model, tested again
+        assert comp["test_acc"] == asha["test_acc"]
     values = [v for _, v in asha["curve"]]
     assert values == sorted(values) and 0 <= asha["test_acc"] <= 1 and asha["best_val_acc"] == values[-1]
     assert sorted(p.name for p in (out / "demo").glob("*.json")) == ["asha-s0-1min.json", "knn-s0-1min.json"]
     table = tta.report(["demo"], out, tmp_path)
-    assert "| asha | 0 |" in table and "| knn | 0 |" in table and (tmp_path / "time_to_accuracy_demo.png").exists()
+    assert "| asha | 0 |" in table and "| knn | 0 |" in table and "| asha top2+tta (adopted: " in table
+    assert (tmp_path / "time_to_accuracy_demo.png").exists()
 
 
 def test_time_to_accuracy_warm_start_follows_the_earlier_sweep_of_its_seed(tmp_path):
