@@ -9,18 +9,34 @@ from contextlib import contextmanager
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class StopRequest:
+    """SIGINT and SIGTERM raise :class:`KeyboardInterrupt` and are remembered. Python prints and drops an exception
+    raised while a finalizer runs (``Exception ignored in ...``): a signal that lands in one (e.g. SQLAlchemy's
+    weakref cleanup) would be lost, so the sweep calls :meth:`check` between trials to raise it again."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def check(self) -> None:
+        """Raise :class:`KeyboardInterrupt` if a stop signal arrived since the block began."""
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {self.signum}")
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises :class:`KeyboardInterrupt` (as SIGINT does) while the block runs."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM raise :class:`KeyboardInterrupt` while the block runs; the request remembers them."""
+    request = StopRequest()
+    previous = {s: signal.signal(s, request.handle) for s in STOP_SIGNALS}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from covers.sweep.search_space import (
     format_override,
     parse_params,
 )
-from covers.sweep.signals import signals_deferred, sigterm_as_interrupt
+from covers.sweep.signals import StopRequest, signals_deferred, stop_on_signals
 from covers.sweep.storage import StudyLock, normalise_storage_url, open_storage, optuna_experimental_quiet
 from covers.sweep.warm_start import add_history, check_source
 from covers.tracking.runs import flatten, resolve_sqlite_uri
@@ -234,13 +234,14 @@ class OptunaSweeperImpl(Sweeper):
         distributions, fixed = self.search_space(arguments)
         # fixed values are override text already (quoted and escaped as the user wrote them): passed on unchanged
         fixed_overrides = [f"{k}={v}" for k, v in fixed.items()]
-        with sigterm_as_interrupt():
+        with stop_on_signals() as stop_request:
             study, n_trials = self._study(distributions)
             parent, status = None, "FINISHED"
             try:
                 with signals_deferred():  # a parent run that exists is always known here, so it is always closed
                     parent = self._parent_run(study, distributions, n_trials)
-                self._run(study, distributions, fixed_overrides, n_trials, parent)
+                self._run(study, distributions, fixed_overrides, n_trials, parent, stop_request)
+                stop_request.check()  # a signal that a finalizer swallowed during the last trial
                 self._check_result(study)
                 results = write_results(self.config.hydra.sweep.dir, study)
             except KeyboardInterrupt:
@@ -283,7 +284,15 @@ class OptunaSweeperImpl(Sweeper):
         if not any(t.state == TrialState.COMPLETE for t in trials):
             raise SweepFailed(f"sweep failed: no trial completed ({len(trials)} ran); first {first_failure(trials)}")
 
-    def _run(self, study: optuna.Study, distributions: dict, fixed: list[str], n_trials: int, parent: str | None):
+    def _run(
+        self,
+        study: optuna.Study,
+        distributions: dict,
+        fixed: list[str],
+        n_trials: int,
+        parent: str | None,
+        stop_request: StopRequest,
+    ) -> None:
         parallel = self.n_jobs > 1 and type(self.launcher).__name__ != "BasicLauncher"
         if self.n_jobs > 1 and not parallel:
             log.warning(
@@ -301,9 +310,11 @@ class OptunaSweeperImpl(Sweeper):
         with budget.Heartbeat(study._storage, self.heartbeat_interval) as beat:  # public API has no accessor
             try:
                 while True:
+                    stop_request.check()  # raised here if a finalizer swallowed the signal's KeyboardInterrupt
                     fail_stale_trials(study)
                     stop = self._failures_exceeded(study, n_trials)
                     while not stop and len(in_flight) < slots:
+                        stop_request.check()
                         if deadline is not None and time.monotonic() >= deadline:
                             if not timed_out:
                                 log.info("timeout of %gs reached: no new trial starts", self.timeout)
