@@ -10,8 +10,8 @@
 Strategies (:data:`STRATEGIES`): the kNN baseline and the default config (one run each), random search over the
 ``hparams_search=real`` space (fixed epochs), TPE + median pruning over today's default space, TPE + ASHA
 (``hparams_search=real``), ASHA warm-started from the earlier sweeps of the same data set and seed, TPE with a
-3-fold cross-validated objective (``data.cv_folds=3``), and ASHA with every rung at 128 px (no progressive
-resizing). Every
+3-fold cross-validated objective (``data.cv_folds=3``), ASHA with every rung at 128 px (no progressive
+resizing), and no search at all: the default config with three seeds, to promote as an ensemble. Every
 piece is a real ``python experiments/run.py`` in a subprocess, in one work folder per data set (Optuna storage and
 MLflow store shared, so a warm start finds the earlier studies). Each records best-so-far validation accuracy
 against seconds since its process started (trial completions from Optuna, epochs from MLflow), and the test
@@ -59,6 +59,9 @@ STRATEGIES: dict[str, list[str]] = {
     # the random search's space and epochs, TPE, each trial's objective the mean of 3 folds of train+val: a steadier
     # value to select on (docs/sweeps.md#robust-selection-on-small-data), three trainings per trial
     "cv": ["-m", *SWEEP, *REAL_FIXED, "data.cv_folds=3"],
+    # no search: the default config with three seeds (a grid; the seeds follow --seed, see overrides()), to be
+    # promoted as their ensemble (--promote-top-k 3): what the same minutes buy when spent on averaging, not searching
+    "seeds": ["-m", *SWEEP, "hparams_search=curve"],
     # ASHA without progressive resizing: every rung at the data's 128 px (does the 64 px first rung rank worse?)
     "asha_128px": [
         "-m",
@@ -121,7 +124,9 @@ def overrides(
     strategy: str, data: str, seed: int, budget_s: float, work: Path, smoke: bool, variant: Variant = Variant()
 ) -> list[str]:
     """The command line of one piece."""
-    ov = [*STRATEGIES[strategy], *variant.data_overrides(data), f"paths.root_dir={work}", f"seed={seed}"]
+    # the seeds piece sweeps seed itself: a plain seed=... would be a fixed sweep argument replacing its grid
+    seeded = [] if strategy == "seeds" else [f"seed={seed}"]
+    ov = [*STRATEGIES[strategy], *variant.data_overrides(data), f"paths.root_dir={work}", *seeded]
     if "-m" in ov:
         ov += [
             f"hydra.sweeper.timeout={budget_s:g}",
@@ -138,6 +143,8 @@ def overrides(
         if earlier:
             ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed, variant)}")
         ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
+    if strategy == "seeds":
+        ov.append(f"curve.seeds='choice({seed},{seed + 1},{seed + 2})'")
     if smoke:
         asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
         ov = [o for o in ov if not o.startswith("hydra.sweeper.scheduler.rungs=")] + (SMOKE["asha"] if asha else [])

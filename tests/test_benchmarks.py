@@ -106,6 +106,21 @@ def test_time_to_accuracy_cv_strategy_selects_on_folds_without_rungs(tmp_path):
     assert "trainer.epochs=1" in tta.overrides("cv", "demo", 0, 60, tmp_path, smoke=True)
 
 
+def test_time_to_accuracy_seeds_strategy_repeats_the_default_config_with_three_seeds(tmp_path):
+    from benchmarks import time_to_accuracy as tta
+
+    ov = tta.overrides("seeds", "discogs", 1, 600, tmp_path, smoke=False)
+    assert {
+        "-m",
+        "hparams_search=curve",
+        "curve.seeds='choice(1,2,3)'",
+        "hydra.sweeper.study_name=tta-seeds-s1",
+    } <= set(ov)
+    assert not any(o.startswith(("optim.", "trainer.epochs", "hydra/sweeper/sampler")) for o in ov)  # the defaults
+    # a plain seed=1 is a fixed sweep argument: it replaced the seed grid, and the piece ran one trial
+    assert not any(o.startswith("seed=") for o in ov)
+
+
 def test_time_to_accuracy_report_compares_asha_with_random_search_of_its_seed_and_budget(tmp_path):
     """A 30-minute headline sweep is kept beside the 10-minute ranking; ASHA's time to reach random search's best
     reads the random search of its own budget."""
@@ -184,4 +199,14 @@ def test_time_to_accuracy_compares_strategies_with_the_default_on_the_same_split
     assert tta.across_splits(results + unsized)[3:5] == [
         "| default | 0 | — | 600 | 0,1,2,3 | 0.375 | — | — | — |",
         f"| random | 0 | — | 600 | 0,1,2 | 0.433 | +0.100 | 2 of 3 | {p:.3f} |",
+    ]
+    # the same random searches promoted as a top-3 ensemble with TTA: their own row, paired with the default alike
+    # (differences 0.2, 0.3, 0.1: mean 0.2, standard error 0.1/sqrt(3))
+    tests = zip(results[4:7], [0.5, 0.6, 0.5], strict=True)
+    composed = [{**r, "composed": {"label": "top3+tta", "test_acc": v}} for r, v in tests]
+    p = 2 * t.sf(0.2 / (0.1 / 3**0.5), df=2)
+    assert tta.across_splits(results[:4] + composed)[3:] == [
+        "| default | 0 | 128 | 600 | 0,1,2,3 | 0.375 | — | — | — |",
+        f"| random | 0 | 128 | 600 | 0,1,2 | 0.433 | +0.100 | 2 of 3 | {2 * t.sf(0.1 / (0.1 / 3**0.5), df=2):.3f} |",
+        f"| random top3+tta | 0 | 128 | 600 | 0,1,2 | 0.533 | +0.200 | 3 of 3 | {p:.3f} |",
     ]
