@@ -125,8 +125,8 @@ def overrides(
 ) -> list[str]:
     """The command line of one piece."""
     # the seeds piece sweeps seed itself: a plain seed=... would be a fixed sweep argument replacing its grid
-    seeded = [] if strategy == "seeds" else [f"seed={seed}"]
-    ov = [*STRATEGIES[strategy], *variant.data_overrides(data), f"paths.root_dir={work}", *seeded]
+    seeding = f"curve.seeds='choice({seed},{seed + 1},{seed + 2})'" if strategy == "seeds" else f"seed={seed}"
+    ov = [*STRATEGIES[strategy], *variant.data_overrides(data), f"paths.root_dir={work}", seeding]
     if "-m" in ov:
         ov += [
             f"hydra.sweeper.timeout={budget_s:g}",
@@ -143,8 +143,6 @@ def overrides(
         if earlier:
             ov.append(f"hydra.sweeper.warm_start_from={study_name(earlier[-1], seed, variant)}")
         ov.append(f"hydra.sweeper.enqueue=[{DEFAULTS}]")
-    if strategy == "seeds":
-        ov.append(f"curve.seeds='choice({seed},{seed + 1},{seed + 2})'")
     if smoke:
         asha = "hparams_search=real" in ov and "hydra.sweeper.scheduler=null" not in ov
         ov = [o for o in ov if not o.startswith("hydra.sweeper.scheduler.rungs=")] + (SMOKE["asha"] if asha else [])
