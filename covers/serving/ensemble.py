@@ -1,6 +1,11 @@
 """Ensembles and test-time augmentation at promotion (``promote.ensemble.top_k``, ``promote.tta``): each is adopted
 only when it beats the single best trial's model on the validation split; the test split never chooses.
 
+The single best trial was picked on those same validation covers, so its score there is the luckiest of its
+sweep's: an ensemble is also judged against picking one of its members on covers that pick did not see
+(:func:`held_out_accuracy`), not only against that maximum. TTA changes no choice among models and is judged on all of
+them.
+
 An adopted composition becomes its own MLflow run under the sweep (tag ``covers.kind=ensemble``): its ``model/``
 folder holds every member's weights, so promote tests and registers it like any trial."""
 
@@ -18,6 +23,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities import Run as MlflowRun
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
 from covers.data import DataBundle
 from covers.serving.cover_model import CoverModel
@@ -31,33 +37,69 @@ SHARED = ("kind", "model_name", "classes", "image_size", "mean", "std", "manifes
 
 @dataclass
 class Composition:
-    """The model to register (the single best, an ensemble, either with TTA), its runs (best first), and the
-    validation accuracy and per-image latency of every variant tried (``single``, ``ensemble``, ``tta``)."""
+    """The model to register (the single best, an ensemble, either with TTA), its runs (best first), the
+    validation accuracy and per-image latency of every variant tried (``single``, ``ensemble``, ``tta``), and the
+    held-out comparison the ensemble was judged by (:func:`held_out_accuracy`; empty when none was tried)."""
 
     model: CoverModel
     runs: list[MlflowRun]
     adopted: list[str] = field(default_factory=list)
     val_acc: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """What promote prints (:func:`variant_lines`)."""
-        return variant_lines(self.adopted, self.val_acc, self.latency_ms)
+        return variant_lines(self.adopted, self.val_acc, self.latency_ms, self.held_out)
 
 
-def variant_lines(adopted: list[str], val_acc: dict[str, float], latency_ms: dict[str, float]) -> list[str]:
-    """Every variant's validation accuracy and latency, and what was adopted."""
+def variant_lines(
+    adopted: list[str], val_acc: dict[str, float], latency_ms: dict[str, float], held_out: dict[str, float]
+) -> list[str]:
+    """Every variant's validation accuracy and latency, the ensemble's held-out comparison, and what was adopted."""
     tried = ", ".join(f"{k} val_acc {val_acc[k]:.4f} ({latency_ms[k]:.1f} ms/cover)" for k in val_acc)
     chosen = " + ".join(adopted) if adopted else "the single best model (nothing beat it on validation)"
-    return [f"compositions tried: {tried}", f"adopted: {chosen}"]
+    lines = [f"compositions tried: {tried}"]
+    if held_out:
+        lines.append(
+            f"ensemble judged on held-out validation halves: picking one of its members {held_out['single']:.4f}, "
+            f"the ensemble {held_out['ensemble']:.4f}"
+        )
+    return [*lines, f"adopted: {chosen}"]
 
 
-def _score(model: CoverModel, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Validation accuracy and milliseconds per cover of ``model``'s probabilities."""
+def _predict(model: CoverModel, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """``model``'s class probabilities and its milliseconds per cover."""
     start = time.perf_counter()
     probs = model.predict_proba(images)
-    elapsed = time.perf_counter() - start
-    return float((probs.argmax(1) == labels).mean()), 1000 * elapsed / max(1, len(images))
+    return probs, 1000 * (time.perf_counter() - start) / max(1, len(images))
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def held_out_accuracy(
+    member_probs: list[np.ndarray], ensemble_probs: np.ndarray, labels: np.ndarray, repeats: int = 5
+) -> dict[str, float]:
+    """Picking one of the members by validation (``single``) against averaging them (``ensemble``), each scored on
+    covers the pick did not see: the validation covers in two stratified halves (scikit-learn's
+    ``RepeatedStratifiedKFold``; plain ``RepeatedKFold`` when a class has a single cover), the member with the best
+    accuracy on one half picked (the first, the sweep's best, on a tie) and scored on the other, and the other way
+    round; ``repeats`` times over, the mean accuracy over every cover judged. Scoring the pick on the covers it was
+    picked on would credit it with the luck the pick selected for."""
+    _, counts = np.unique(labels, return_counts=True)
+    halves = (RepeatedStratifiedKFold if counts.min() >= 2 else RepeatedKFold)(
+        n_splits=2, n_repeats=repeats, random_state=0
+    )
+    hits = {"single": 0, "ensemble": 0}
+    judged = 0
+    for pick, judge in halves.split(np.zeros(len(labels)), labels):
+        chosen = int(np.argmax([_accuracy(p[pick], labels[pick]) for p in member_probs]))
+        hits["single"] += int((member_probs[chosen][judge].argmax(1) == labels[judge]).sum())
+        hits["ensemble"] += int((ensemble_probs[judge].argmax(1) == labels[judge]).sum())
+        judged += len(judge)
+    return {k: v / judged for k, v in hits.items()}
 
 
 def compose(
@@ -73,10 +115,12 @@ def compose(
 ) -> Composition:
     """Try the ensemble of the ``top_k`` best trials (``ranked``: the other trials' runs, best first, whose model
     folders ``fetch`` downloads; those whose model does not share :data:`SHARED` with ``single`` are skipped, with
-    the reason) and TTA on the better of single and ensemble; adopt each only if its validation accuracy is
-    higher."""
+    the reason), adopted if it beats the single model on validation or picking one of its members on held-out
+    validation covers (:func:`held_out_accuracy`); then TTA on the model so far, adopted if its validation accuracy
+    is higher."""
     images, labels = bundle.split("val")
-    acc, ms = _score(single, images, labels)
+    probs, ms = _predict(single, images)
+    acc = _accuracy(probs, labels)
     out = Composition(single, [best], val_acc={"single": acc}, latency_ms={"single": ms})
     if top_k > 1:
         members = []
@@ -99,13 +143,19 @@ def compose(
                 for r, m in members
             ]
             ensemble = replace(single, meta={**single.meta, "ensemble": described}, members=[m.net for _, m in members])
-            out.val_acc["ensemble"], out.latency_ms["ensemble"] = _score(ensemble, images, labels)
-            if out.val_acc["ensemble"] > acc:
+            ensemble_probs, out.latency_ms["ensemble"] = _predict(ensemble, images)
+            out.val_acc["ensemble"] = _accuracy(ensemble_probs, labels)
+            member_probs = [probs, *(m.predict_proba(images) for _, m in members)]
+            out.held_out = held_out_accuracy(member_probs, ensemble_probs, labels)
+            # ahead of the registered model on its own validation covers, or of the pick that chose it on covers it
+            # did not see (when the best trial is also the members' best on validation, the first implies the second)
+            if out.val_acc["ensemble"] > acc or out.held_out["ensemble"] > out.held_out["single"]:
                 out.model, out.runs, acc = ensemble, [best, *(r for r, _ in members)], out.val_acc["ensemble"]
                 out.adopted.append("ensemble")
     if tta:
         augmented = replace(out.model, meta={**out.model.meta, "tta": list(TTA_VIEWS)})
-        out.val_acc["tta"], out.latency_ms["tta"] = _score(augmented, images, labels)
+        tta_probs, out.latency_ms["tta"] = _predict(augmented, images)
+        out.val_acc["tta"] = _accuracy(tta_probs, labels)
         if out.val_acc["tta"] > acc:
             out.model = augmented
             out.adopted.append("tta")
@@ -149,7 +199,8 @@ def log_composition(client: MlflowClient, comp: Composition, best_files: Path, t
     metrics = {
         **{f"val_acc_{k}": v for k, v in comp.val_acc.items()},
         **{f"latency_ms_{k}": v for k, v in comp.latency_ms.items()},
-        "summary/best_val_acc": max(comp.val_acc[k] for k in ("single", *comp.adopted)),
+        **{f"held_out_acc_{k}": v for k, v in comp.held_out.items()},
+        "summary/best_val_acc": comp.val_acc[(["single", *comp.adopted])[-1]],  # the registered model's own
     }
     client.log_batch(
         run_id,

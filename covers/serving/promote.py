@@ -453,7 +453,8 @@ def promote(
     """Select a run (``run_id``, else a sweep's best trial), test once, register (as ``model_name``, default
     ``covers-<data set>``), gate it against chance and the ``baseline`` (``knn`` | ``none``), decide the alias;
     the record. ``ensemble={"top_k": K}`` and ``tta`` try an ensemble of the sweep's K best trials and test-time
-    augmentation first, each adopted only when it beats the single best model on validation."""
+    augmentation first, each adopted only when it beats the single best model on validation (an ensemble: on
+    held-out halves of it, :func:`covers.serving.ensemble.held_out_accuracy`)."""
     if baseline not in (None, "none", "knn"):
         raise ValueError(f"promote.baseline must be knn or none, got {baseline!r}")
     mlflow.set_tracking_uri(runs.resolve_sqlite_uri(tracking_uri))
@@ -483,7 +484,9 @@ def promote(
         )
         record = decide_alias(client, mv, test_acc, bundle, alias, force, checked)
         record["composition"] = (
-            {"adopted": comp.adopted, "val_acc": comp.val_acc, "latency_ms": comp.latency_ms} if comp else None
+            {"adopted": comp.adopted, "val_acc": comp.val_acc, "latency_ms": comp.latency_ms, "held_out": comp.held_out}
+            if comp
+            else None
         )
     report_decision(client, run.info.run_id, record)
     return record
