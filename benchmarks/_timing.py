@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -35,8 +36,24 @@ def best_of(fn: Callable[[], float | None], repeats: int) -> float:
     return min(times)
 
 
-def machine() -> dict[str, str]:
-    """What the numbers were measured on."""
+# the packages whose versions decide what a training or a figure is: nothing pins them (no lock file), so a result
+# that moves between days with the same commit can be traced to a changed version
+PACKAGES = ("timm", "albumentations", "opencv-python-headless", "numpy", "pillow", "scikit-learn", "optuna", "mlflow")
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """The installed version of each package (``absent`` for one not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def machine() -> dict[str, str | dict[str, str]]:
+    """What the numbers were measured on, and with which package versions."""
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": str(os.cpu_count()),
@@ -44,6 +61,7 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "date": time.strftime("%Y-%m-%d"),
+        "packages": package_versions(),
     }
 
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 
 import pytest
 
-from benchmarks import faiss_index, loader, runtime, sweep, trainer
+from benchmarks import _timing, faiss_index, loader, runtime, sweep, trainer
 
 
 def _finite(rows: list[dict]) -> bool:
     return all(math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float))
+
+
+def test_a_result_names_the_package_versions_it_was_measured_with():
+    """Nothing pins timm, albumentations, numpy… (no lock file): a figure that moves with the same commit must show
+    which versions it came from."""
+    packages = _timing.machine()["packages"]
+    assert set(packages) == set(_timing.PACKAGES)
+    assert packages["timm"] == importlib.metadata.version("timm")
+    assert packages["albumentations"] == importlib.metadata.version("albumentations")
+    assert _timing.package_versions(("no-such-package-covers",)) == {"no-such-package-covers": "absent"}
 
 
 def test_trainer_benchmark_smoke():
