@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -11,6 +10,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from covers.tracking.versions import installed_versions
 
 
 def model_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -43,13 +44,7 @@ PACKAGES = ("timm", "albumentations", "opencv-python-headless", "numpy", "pillow
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """The installed version of each package (``absent`` for one not installed)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return {name: v or "absent" for name, v in installed_versions(names).items()}
 
 
 def machine() -> dict[str, str | dict[str, str]]:

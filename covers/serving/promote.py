@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from covers.serving.cover_model import CoverModel, quiet_any_hint
 from covers.serving.ensemble import Composition, compose, log_composition, variant_lines
 from covers.serving.gate import GateResult, chance_level, gate
 from covers.tracking import registry, runs
+from covers.tracking.versions import installed_versions
 from covers.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,7 @@ SERVING_PACKAGES = ("mlflow", "torch", "timm", "albumentations", "faiss-cpu", "p
 
 def requirements() -> list[str]:
     """Pinned pip requirements of the pyfunc (the ``covers`` code itself travels with the model)."""
-    pins = []
-    for pkg in SERVING_PACKAGES:
-        try:
-            pins.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            pins.append(pkg)
-    return pins
+    return [f"{pkg}=={v}" if v else pkg for pkg, v in installed_versions(SERVING_PACKAGES).items()]
 
 
 def load_run_data(client: MlflowClient, run: Run, config: dict, meta: dict, cache_dir: str, dest: Path) -> DataBundle:
